@@ -1,0 +1,106 @@
+"""First-stage models: token layout, save/load round trips, clear errors for foreign checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import VQModel
+from safetensors.torch import load_file, save_file
+
+from vqvae_transformer.errors import UserInputError
+from vqvae_transformer.models.first_stage import FORMAT_VERSION, build_first_stage, load_first_stage
+
+TINY = dict(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=8, num_vq_embeddings=32,
+            codebook_dim=4, sample_size=16, layers_per_block=1)
+
+
+def _trained_tiny(kind: str, channels: int = 1):
+    torch.manual_seed(0)
+    model = build_first_stage(kind, in_channels=channels, out_channels=channels, **TINY)
+    model.train()(torch.rand(4, channels, 16, 16) * 2 - 1)  # k-means init + one EMA update
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["vq", "kl"])
+def test_tokens_round_trip_to_the_forward_reconstruction(kind):
+    model = _trained_tiny(kind)
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        out = model(x)
+    tokens = model.encode_to_tokens(x)
+    assert tokens.shape == (3, 8, 8) and tokens.dtype == torch.long
+    assert model.token_grid(16) == (8, 8)
+    assert torch.equal(tokens, out.indices)
+    assert torch.allclose(model.decode_tokens(tokens), out.sample, atol=1e-4)
+
+
+def test_vqmodel_decode_with_lookup_uses_our_codebook():
+    model = _trained_tiny("vq")
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    tokens = model.encode_to_tokens(x)
+    via_diffusers = model.decode(tokens, force_not_quantize=True, shape=(2, 8, 8, 8)).sample
+    assert torch.allclose(via_diffusers, model.decode_tokens(tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["vq", "kl"])
+def test_save_pretrained_round_trip_is_exact(kind, tmp_path):
+    model = _trained_tiny(kind, channels=3)
+    model.save_pretrained(tmp_path)
+    loaded = load_first_stage(tmp_path).eval()
+    assert type(loaded) is type(model)
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for key in original:
+        assert torch.equal(original[key], restored[key]), key
+    assert bool(loaded.quantize.initialized)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(loaded.encode_to_tokens(x), model.encode_to_tokens(x))
+
+
+def test_bf16_loading_keeps_the_quantizer_in_float32(tmp_path):
+    _trained_tiny("vq").save_pretrained(tmp_path)
+    model = load_first_stage(tmp_path, torch_dtype=torch.bfloat16)
+    assert model.encoder.conv_in.weight.dtype == torch.bfloat16
+    assert model.quantize.embed.dtype == torch.float32 and model.quantize.cluster_size.dtype == torch.float32
+    images = model.decode_tokens(model.encode_to_tokens(torch.rand(1, 1, 16, 16, dtype=torch.bfloat16)))
+    assert images.shape == (1, 1, 16, 16)
+
+
+def test_loading_a_stock_vqmodel_is_a_clear_error(tmp_path):
+    VQModel(block_out_channels=(8,), norm_num_groups=8, latent_channels=4).save_pretrained(tmp_path)
+    with pytest.raises(UserInputError, match="VQModel"):
+        load_first_stage(tmp_path)
+
+
+def test_loading_another_format_version_is_a_clear_error(tmp_path):
+    _trained_tiny("vq").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["format_version"] = FORMAT_VERSION + 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserInputError, match="format version"):
+        load_first_stage(tmp_path)
+
+
+def test_missing_weights_are_an_error_not_a_silent_reinitialisation(tmp_path):
+    _trained_tiny("vq").save_pretrained(tmp_path)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    del state["quantize.embed"]
+    save_file(state, weights)
+    with pytest.raises(UserInputError, match="quantize.embed"):
+        load_first_stage(tmp_path)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(UserInputError, match="config.json"):
+        load_first_stage(tmp_path / "nope")
+
+
+def test_unknown_kind_and_bad_tokens_raise():
+    with pytest.raises(ValueError, match="first stage"):
+        build_first_stage("gan")
+    model = _trained_tiny("vq")
+    with pytest.raises(ValueError, match="token ids"):
+        model.decode_tokens(torch.full((1, 8, 8), 32))
