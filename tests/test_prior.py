@@ -1,0 +1,251 @@
+"""Tests of the stage-2 prior (tiny GPT-2 models, CPU, a few seconds in all)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPT2LMHeadModel
+
+from vqvae_transformer.models.prior import (
+    CodeOnlyLogitsProcessor,
+    PriorVocabulary,
+    build_prior,
+    build_prior_config,
+    make_prior_batch,
+    prior_loss,
+    sample_tokens,
+    vocabulary_from_config,
+)
+
+K = 16
+
+
+def tiny_prior(num_users=3, grid=(3, 3), n_layer=1, dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    config = build_prior_config(K, num_users, grid, n_layer=n_layer, n_embd=32, n_head=4, dropout=dropout)
+    return build_prior(config)
+
+
+def random_batch(num_users=3, grid=(3, 3), batch_size=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, K, (batch_size, *grid), generator=g)  # (B, h, w)
+    labels = torch.randint(0, num_users, (batch_size,), generator=g)  # (B,)
+    return tokens, labels
+
+
+# --- vocabulary and config -------------------------------------------------------------------------------
+
+
+def test_vocabulary_layout():
+    vocab = PriorVocabulary(K, 3)
+    assert vocab.vocab_size == K + 3 + 1
+    assert vocab.null_token == K + 3
+    assert vocab.user_token(0) == K
+    assert vocab.user_token(torch.tensor([0, 2])).tolist() == [K, K + 2]
+    assert vocab.is_code(torch.tensor([0, K - 1, K, K + 3, -1])).tolist() == [True, True, False, False, False]
+    with pytest.raises(ValueError, match="3"):
+        vocab.user_token(torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="-1"):
+        vocab.user_token(-1)
+
+
+def test_config_fields_and_defaults():
+    config = build_prior_config(K, 3, (2, 3), n_layer=1, n_embd=32, n_head=4)
+    assert config.vocab_size == K + 4
+    assert config.n_positions == 2 * 3 + 1
+    assert config.codebook_size == K and config.num_users == 3
+    assert tuple(config.token_grid) == (2, 3)
+    assert config.user_ids == [1, 2, 3]
+    assert config.eos_token_id is None and config.bos_token_id is None and config.pad_token_id is None
+    config = build_prior_config(K, 2, (2, 2), n_layer=1, n_embd=32, n_head=4, user_ids=[7, 12])
+    assert config.user_ids == [7, 12]
+    assert vocabulary_from_config(config) == PriorVocabulary(K, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_embd=30, n_head=4), "30"),
+        (dict(codebook_size=0), "codebook_size.*0"),
+        (dict(num_users=-2), "num_users.*-2"),
+        (dict(token_grid=(0, 3)), r"token_grid.*\(0, 3\)"),
+        (dict(token_grid=(3,)), "token_grid"),
+        (dict(n_layer=0), "n_layer.*0"),
+        (dict(dropout=1.5), "1.5"),
+        (dict(user_ids=[1, 2]), r"\[1, 2\].*3"),
+        (dict(user_ids=[4, 4, 5]), r"\[4, 4, 5\]"),
+    ],
+)
+def test_bad_config_arguments(kwargs, match):
+    args = dict(codebook_size=K, num_users=3, token_grid=(2, 2), n_layer=1, n_embd=32, n_head=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        build_prior_config(**args)
+
+
+def test_bad_batch_and_sampling_arguments():
+    prior = tiny_prior()
+    vocab = vocabulary_from_config(prior.config)
+    tokens, labels = random_batch()
+    with pytest.raises(ValueError, match="5"):
+        make_prior_batch(tokens, torch.tensor([0, 1, 5, 0]), vocab)
+    with pytest.raises(ValueError, match=str(K)):
+        make_prior_batch(torch.full_like(tokens, K), labels, vocab)
+    with pytest.raises(ValueError, match="1.5"):
+        make_prior_batch(tokens, labels, vocab, user_dropout=1.5)
+    with pytest.raises(ValueError, match=r"\(4, 9\)"):
+        make_prior_batch(tokens.reshape(4, 9), labels, vocab)
+    with pytest.raises(ValueError, match="3"):
+        sample_tokens(prior, [0, 3])
+    with pytest.raises(ValueError, match="-1"):
+        sample_tokens(prior, [-1])
+    with pytest.raises(ValueError, match=r"\(4, 4\)"):
+        sample_tokens(prior, [0], grid_shape=(4, 4))
+    with pytest.raises(ValueError, match="temperature.*0"):
+        sample_tokens(prior, [0], temperature=0.0)
+    with pytest.raises(ValueError, match="top_p.*2"):
+        sample_tokens(prior, [0], top_p=2.0)
+
+
+# --- training batch ---------------------------------------------------------------------------------------
+
+
+def test_batch_layout():
+    vocab = PriorVocabulary(K, 3)
+    tokens, labels = random_batch(grid=(2, 3))
+    batch = make_prior_batch(tokens, labels, vocab, user_dropout=0.0)
+    input_ids, target = batch["input_ids"], batch["labels"]
+    assert input_ids.shape == target.shape == (4, 2 * 3 + 1)
+    assert input_ids.dtype == torch.long
+    assert torch.equal(input_ids[:, 0], labels + K)
+    assert torch.equal(input_ids[:, 1:], tokens.reshape(4, -1))  # row-major
+    assert (target[:, 0] == -100).all()
+    assert torch.equal(target[:, 1:], input_ids[:, 1:])
+
+
+def test_loss_is_on_codes_and_shifted_once():
+    prior = tiny_prior()
+    prior.eval()
+    vocab = vocabulary_from_config(prior.config)
+    tokens, labels = random_batch()
+    batch = make_prior_batch(tokens, labels, vocab, user_dropout=0.0)
+    out = prior(**batch)
+    logits = out.logits  # (B, T+1, V)
+    # logits at position i predict input_ids[i+1]: c_1 from the user token, c_{i+1} from c_i.
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(prior_loss(prior, batch), expected)
+    double_shifted = F.cross_entropy(
+        logits[:, :-2].reshape(-1, logits.shape[-1]), batch["input_ids"][:, 2:].reshape(-1)
+    )
+    assert not torch.isclose(out.loss, double_shifted)
+
+
+def test_user_dropout():
+    vocab = PriorVocabulary(K, 3)
+    tokens, labels = random_batch(batch_size=64)
+    all_null = make_prior_batch(tokens, labels, vocab, user_dropout=1.0)["input_ids"][:, 0]
+    assert (all_null == vocab.null_token).all()
+    none_null = make_prior_batch(tokens, labels, vocab, user_dropout=0.0)["input_ids"][:, 0]
+    assert torch.equal(none_null, labels + K)
+    a = make_prior_batch(tokens, labels, vocab, 0.5, generator=torch.Generator().manual_seed(3))["input_ids"]
+    b = make_prior_batch(tokens, labels, vocab, 0.5, generator=torch.Generator().manual_seed(3))["input_ids"]
+    assert torch.equal(a, b)
+    dropped = a[:, 0] == vocab.null_token
+    assert 0 < int(dropped.sum()) < 64
+    assert torch.equal(a[~dropped, 0], labels[~dropped] + K)
+    assert torch.equal(a[:, 1:], tokens.reshape(64, -1))
+
+
+# --- sampling ---------------------------------------------------------------------------------------------
+
+
+def test_code_only_processor():
+    scores = torch.zeros(2, K + 4)
+    out = CodeOnlyLogitsProcessor(K)(torch.zeros(2, 1, dtype=torch.long), scores)
+    assert torch.isinf(out[:, K:]).all() and (out[:, K:] < 0).all()
+    assert (out[:, :K] == 0).all()
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_sampling_emits_codes_only(guidance_scale):
+    prior = tiny_prior()
+    with torch.no_grad():  # make every non-code id overwhelmingly likely
+        prior.lm_head.weight[K:] = 0.0
+        prior.lm_head.weight[K:, 0] = 1.0
+        prior.transformer.ln_f.weight.zero_()
+        prior.transformer.ln_f.bias.zero_()
+        prior.transformer.ln_f.bias[0] = 50.0  # logits: 50 for ids >= K, about ±1 for codes
+    prompt = torch.full((2, 1), K)  # (B, 1) user token 0
+    unmasked = prior.eval().generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=True, pad_token_id=K + 3
+    )
+    assert (unmasked[:, 1:] >= K).all()  # without the processor the model emits non-code ids
+    samples = sample_tokens(prior, [0, 1, 2, 0], guidance_scale=guidance_scale, seed=0)
+    assert samples.shape == (4, 3, 3)
+    assert samples.dtype == torch.long
+    assert ((samples >= 0) & (samples < K)).all()
+
+
+def test_sampling_seed_mode_and_guidance():
+    prior = tiny_prior(n_layer=2)
+    with torch.no_grad():  # sharpen a random model so that user tokens and guidance matter
+        for p in prior.parameters():
+            p.mul_(20)
+    prior.train()
+    labels = torch.tensor([0, 1, 2, 1])
+    rng_before = torch.get_rng_state()
+    a = sample_tokens(prior, labels, seed=123)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # caller's RNG untouched
+    assert prior.training  # previous mode restored
+    b = sample_tokens(prior, labels, seed=123)
+    assert torch.equal(a, b)
+    assert a.shape == (4, 3, 3)
+    assert torch.equal(sample_tokens(prior, labels, seed=123, use_cache=False), a)
+    c = sample_tokens(prior, labels, seed=123, guidance_scale=3.0)
+    assert c.shape == (4, 3, 3)
+    assert not torch.equal(a, c)
+    assert torch.equal(sample_tokens(prior, labels, seed=123, guidance_scale=3.0, use_cache=False), c)
+    d = sample_tokens(prior, labels, grid_shape=(2, 2), seed=1, top_k=5, top_p=0.9, temperature=0.7)
+    assert d.shape == (4, 2, 2)
+
+
+def test_overfit_two_users():
+    grid = (3, 3)
+    prior = tiny_prior(num_users=2, grid=grid, n_layer=2)
+    vocab = vocabulary_from_config(prior.config)
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, K, (2, *grid), generator=g)  # one fixed grid per user
+    tokens = targets.repeat(8, 1, 1)  # (16, 3, 3)
+    labels = torch.tensor([0, 1]).repeat(8)  # (16,)
+    batch = make_prior_batch(tokens, labels, vocab, user_dropout=0.0)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    prior.train()
+    for _ in range(150):
+        loss = prior_loss(prior, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    samples = sample_tokens(prior, torch.tensor([0, 1, 1, 0]), top_k=1, seed=0)
+    assert torch.equal(samples, targets[[0, 1, 1, 0]])
+    samples = sample_tokens(prior, torch.tensor([0, 1]), temperature=0.05, seed=1)
+    assert torch.equal(samples, targets)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    config = build_prior_config(K, 2, (2, 3), n_layer=1, n_embd=32, n_head=4, user_ids=[3, 9])
+    prior = build_prior(config).eval()
+    prior.save_pretrained(tmp_path)
+    loaded = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.codebook_size == K
+    assert loaded.config.num_users == 2
+    assert tuple(loaded.config.token_grid) == (2, 3)
+    assert loaded.config.user_ids == [3, 9]
+    assert loaded.config.vocab_size == K + 3 and loaded.config.n_positions == 7
+    tokens, labels = random_batch(num_users=2, grid=(2, 3))
+    input_ids = make_prior_batch(tokens, labels, vocabulary_from_config(loaded.config), 0.0)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids).logits, prior(input_ids).logits, rtol=0, atol=0)
+    assert sample_tokens(loaded, [0, 1], seed=0).shape == (2, 2, 3)
+    assert torch.equal(sample_tokens(loaded, [0, 1], seed=0), sample_tokens(prior, [0, 1], seed=0))

@@ -1,0 +1,424 @@
+"""Stage-2 prior: a GPT-2 language model over first-stage code indices, conditioned on a user token.
+
+Vocabulary (DESIGN.md §3 "Prior vocabulary")::
+
+    [0, K)          image codes (K = codebook_size)
+    K + label       one token per user (label = 0-based user index, 0 <= label < N)
+    K + N           the null-user token, used for classifier-free-guidance dropout
+
+A training sequence is ``[user_token, c_1, ..., c_T]`` with ``T = h * w`` codes in row-major order.
+The loss is on the code positions only: ``labels`` equals ``input_ids`` with position 0 set to -100 and
+``GPT2LMHeadModel`` shifts the labels itself, so the logits at the user position predict ``c_1`` and the
+logits at ``c_i`` predict ``c_{i+1}``. Nothing here shifts a second time.
+
+Sampling is one batched, KV-cached ``generate()`` call; a logits processor masks every non-code id, and
+classifier-free guidance passes the null-user column as ``negative_prompt_ids`` (without it, transformers
+reuses the user token for the unconditional branch and guidance silently does nothing; DESIGN.md §7).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import transformers
+from transformers import GPT2Config, GPT2LMHeadModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PriorVocabulary",
+    "CodeOnlyLogitsProcessor",
+    "build_prior_config",
+    "build_prior",
+    "vocabulary_from_config",
+    "make_prior_batch",
+    "prior_loss",
+    "sample_tokens",
+]
+
+
+@dataclass(frozen=True)
+class PriorVocabulary:
+    """Layout of the prior's token ids: K image codes, N user tokens, one null-user token.
+
+    Args:
+        codebook_size: K, the number of first-stage codes; codes are ids ``[0, K)``.
+        num_users: N, the number of users; user ``label`` (0-based) is id ``K + label``.
+    """
+
+    codebook_size: int
+    num_users: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.codebook_size, int) or self.codebook_size <= 0:
+            raise ValueError(f"codebook_size must be a positive integer, got {self.codebook_size!r}")
+        if not isinstance(self.num_users, int) or self.num_users <= 0:
+            raise ValueError(f"num_users must be a positive integer, got {self.num_users!r}")
+
+    @property
+    def null_token(self) -> int:
+        """Id of the null-user token (``K + N``), the unconditional prompt for guidance."""
+        return self.codebook_size + self.num_users
+
+    @property
+    def vocab_size(self) -> int:
+        """Total vocabulary size ``K + N + 1``."""
+        return self.codebook_size + self.num_users + 1
+
+    def user_token(self, labels: torch.Tensor | int) -> torch.Tensor | int:
+        """Map 0-based user labels to user-token ids.
+
+        Args:
+            labels: an int or an integer tensor of 0-based user indices in ``[0, N)``.
+
+        Returns:
+            ``K + labels``, same type and shape as ``labels``.
+
+        Raises:
+            ValueError: if any label is outside ``[0, N)``.
+        """
+        if isinstance(labels, torch.Tensor):
+            if labels.is_floating_point():
+                raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+            if labels.numel() > 0:
+                lo, hi = int(labels.min()), int(labels.max())
+                if lo < 0 or hi >= self.num_users:
+                    bad = lo if lo < 0 else hi
+                    raise ValueError(
+                        f"user label {bad} is outside [0, {self.num_users}) (labels are 0-based user indices)"
+                    )
+            return labels.long() + self.codebook_size
+        if not isinstance(labels, int) or not 0 <= labels < self.num_users:
+            raise ValueError(f"user label {labels!r} is outside [0, {self.num_users}) (labels are 0-based)")
+        return self.codebook_size + labels
+
+    def is_code(self, ids: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of which ids are image codes (``0 <= id < K``).
+
+        Args:
+            ids: integer tensor of token ids, any shape.
+
+        Returns:
+            Bool tensor of the same shape.
+        """
+        return (ids >= 0) & (ids < self.codebook_size)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_grid(name: str, grid: object) -> tuple[int, int]:
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
+        raise ValueError(f"{name} must be a pair (h, w) of positive integers, got {grid!r}")
+    h, w = grid
+    for v in (h, w):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a pair (h, w) of positive integers, got {grid!r}")
+    return int(h), int(w)
+
+
+def build_prior_config(
+    codebook_size: int,
+    num_users: int,
+    token_grid: tuple[int, int],
+    n_layer: int = 6,
+    n_embd: int = 256,
+    n_head: int = 8,
+    dropout: float = 0.1,
+    user_ids: list[int] | None = None,
+) -> GPT2Config:
+    """Build the ``GPT2Config`` of a prior, carrying everything needed to rebuild and use it.
+
+    Besides the GPT-2 sizes the config stores ``codebook_size``, ``num_users``, ``token_grid`` and
+    ``user_ids`` (public 1-based folder ids, index = 0-based label), so they travel in ``config.json``
+    and a loaded prior needs no flags.
+
+    Args:
+        codebook_size: K, number of first-stage codes.
+        num_users: N, number of users.
+        token_grid: ``(h, w)`` of the first stage's token grid; sequences have ``h*w + 1`` tokens.
+        n_layer: transformer blocks.
+        n_embd: embedding width; must be divisible by ``n_head``.
+        n_head: attention heads.
+        dropout: residual, embedding and attention dropout, in ``[0, 1)``.
+        user_ids: public ids of the users in label order; defaults to ``1..N``.
+
+    Returns:
+        A ``transformers.GPT2Config`` with ``vocab_size = K + N + 1`` and ``n_positions = h*w + 1``.
+
+    Raises:
+        ValueError: naming the offending value for non-positive sizes, ``n_embd % n_head != 0``,
+            a dropout outside ``[0, 1)`` or ``len(user_ids) != num_users``.
+    """
+    _check_positive_int("codebook_size", codebook_size)
+    _check_positive_int("num_users", num_users)
+    h, w = _check_grid("token_grid", token_grid)
+    _check_positive_int("n_layer", n_layer)
+    _check_positive_int("n_embd", n_embd)
+    _check_positive_int("n_head", n_head)
+    if n_embd % n_head != 0:
+        raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if user_ids is None:
+        user_ids = list(range(1, num_users + 1))
+    else:
+        user_ids = [int(u) for u in user_ids]
+        if len(user_ids) != num_users:
+            raise ValueError(f"user_ids has {len(user_ids)} entries ({user_ids}) but num_users is {num_users}")
+        if len(set(user_ids)) != len(user_ids):
+            raise ValueError(f"user_ids must be distinct, got {user_ids}")
+
+    vocab = PriorVocabulary(codebook_size, num_users)
+    return GPT2Config(
+        vocab_size=vocab.vocab_size,
+        n_positions=h * w + 1,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=float(dropout),
+        embd_pdrop=float(dropout),
+        attn_pdrop=float(dropout),
+        # No text special tokens: sequences have a fixed length, generation stops at max_new_tokens.
+        # Set explicitly (GPT2Config defaults to 50256, outside our vocabulary).
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        # Extra attributes, saved in config.json and restored by from_pretrained.
+        codebook_size=codebook_size,
+        num_users=num_users,
+        token_grid=[h, w],
+        user_ids=user_ids,
+    )
+
+
+def vocabulary_from_config(config: GPT2Config) -> PriorVocabulary:
+    """Read the prior vocabulary from a config made by :func:`build_prior_config`.
+
+    Args:
+        config: the prior's ``GPT2Config`` (``prior.config``).
+
+    Returns:
+        The matching :class:`PriorVocabulary`.
+
+    Raises:
+        ValueError: if the config lacks ``codebook_size``/``num_users`` or its ``vocab_size`` disagrees.
+    """
+    k = getattr(config, "codebook_size", None)
+    n = getattr(config, "num_users", None)
+    if k is None or n is None:
+        raise ValueError(
+            "config has no codebook_size/num_users: it was not made by build_prior_config "
+            f"(codebook_size={k!r}, num_users={n!r})"
+        )
+    vocab = PriorVocabulary(int(k), int(n))
+    if config.vocab_size != vocab.vocab_size:
+        raise ValueError(
+            f"config vocab_size {config.vocab_size} != codebook_size + num_users + 1 = {vocab.vocab_size}"
+        )
+    return vocab
+
+
+def build_prior(config: GPT2Config) -> GPT2LMHeadModel:
+    """Instantiate a randomly initialised prior from a config made by :func:`build_prior_config`.
+
+    Args:
+        config: the prior config.
+
+    Returns:
+        A ``GPT2LMHeadModel`` (in train mode, as freshly built transformers models are).
+    """
+    vocabulary_from_config(config)  # validates the extra attributes
+    _check_grid("config.token_grid", tuple(config.token_grid))
+    return GPT2LMHeadModel(config)
+
+
+def make_prior_batch(
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    vocab: PriorVocabulary,
+    user_dropout: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Turn token grids and user labels into a causal-LM batch for the prior.
+
+    Args:
+        tokens: ``(B, h, w)`` int64 code indices in ``[0, K)``, row-major.
+        labels: ``(B,)`` 0-based user indices.
+        vocab: the prior vocabulary.
+        user_dropout: probability of replacing a user token by the null token (classifier-free guidance).
+        generator: optional ``torch.Generator`` for the dropout draw (on ``tokens.device``).
+
+    Returns:
+        ``{"input_ids": (B, T+1), "labels": (B, T+1)}`` with ``T = h*w``; ``input_ids`` is
+        ``[user_or_null, c_1, ..., c_T]`` and ``labels`` is ``input_ids`` with position 0 set to -100.
+        Pass both to ``GPT2LMHeadModel``: it shifts the labels itself.
+
+    Raises:
+        ValueError: for wrong shapes, codes outside ``[0, K)``, labels outside ``[0, N)`` or a dropout
+            probability outside ``[0, 1]``.
+    """
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens must have shape (B, h, w), got {tuple(tokens.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != tokens.shape[0]:
+        raise ValueError(
+            f"labels must have shape (B,) = ({tokens.shape[0]},), got {tuple(labels.shape)}"
+        )
+    if not 0.0 <= float(user_dropout) <= 1.0:
+        raise ValueError(f"user_dropout must be in [0, 1], got {user_dropout!r}")
+    if tokens.is_floating_point():
+        raise ValueError(f"tokens must be integer code indices, got dtype {tokens.dtype}")
+    if tokens.numel() > 0 and not bool(vocab.is_code(tokens).all()):
+        bad = tokens[~vocab.is_code(tokens)][0].item()
+        raise ValueError(f"token {bad} is not an image code in [0, {vocab.codebook_size})")
+
+    batch_size = tokens.shape[0]
+    codes = tokens.reshape(batch_size, -1).long()  # (B, T) row-major
+    user = vocab.user_token(labels.to(tokens.device))  # (B,)
+    if user_dropout > 0:
+        draw = torch.rand(batch_size, generator=generator, device=tokens.device)  # (B,)
+        user = torch.where(draw < user_dropout, torch.full_like(user, vocab.null_token), user)
+    input_ids = torch.cat([user[:, None], codes], dim=1)  # (B, T+1)
+    target = input_ids.clone()  # (B, T+1); GPT2LMHeadModel shifts: logits[:, i] predicts target[:, i+1]
+    target[:, 0] = -100  # the user token is never a target
+    return {"input_ids": input_ids, "labels": target}
+
+
+def prior_loss(prior: GPT2LMHeadModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-code cross-entropy of a batch made by :func:`make_prior_batch`.
+
+    Args:
+        prior: the prior model.
+        batch: ``{"input_ids": (B, T+1), "labels": (B, T+1)}``.
+
+    Returns:
+        Scalar loss tensor (differentiable).
+    """
+    return prior(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+
+
+class CodeOnlyLogitsProcessor(transformers.LogitsProcessor):
+    """Masks every non-code id (``id >= K``: user and null tokens) so sampling emits image codes only.
+
+    Args:
+        codebook_size: K.
+    """
+
+    def __init__(self, codebook_size: int):
+        _check_positive_int("codebook_size", codebook_size)
+        self.codebook_size = codebook_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # scores: (B, V)
+        scores = scores.clone()
+        scores[:, self.codebook_size :] = -float("inf")
+        return scores
+
+
+@torch.no_grad()
+def sample_tokens(
+    prior: GPT2LMHeadModel,
+    labels: torch.Tensor | list[int],
+    grid_shape: tuple[int, int] | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance_scale: float = 1.0,
+    use_cache: bool = True,
+    seed: int | None = None,
+) -> torch.LongTensor:
+    """Sample token grids for the given users with one batched ``generate()`` call.
+
+    The model is put in eval mode for the call and its previous mode restored afterwards. With
+    ``seed`` the sampling runs under ``torch.random.fork_rng``: the same seed gives the same grids and the
+    caller's global RNG state is left untouched.
+
+    Args:
+        prior: a prior built by :func:`build_prior` (or loaded with ``from_pretrained``).
+        labels: ``(B,)`` 0-based user indices.
+        grid_shape: ``(h, w)``; defaults to ``prior.config.token_grid``. ``h*w`` must fit the context.
+        temperature: softmax temperature (> 0).
+        top_k: keep only the k most likely codes (None: all).
+        top_p: nucleus sampling threshold in ``(0, 1]`` (None: off).
+        guidance_scale: classifier-free guidance scale; 1 disables guidance. Other values run the
+            unconditional branch on the null-user token.
+        use_cache: KV cache on (the fast path). ``False`` re-runs the whole prefix at every step, the
+            reference no-cache sampler benchmarks compare against.
+        seed: optional seed for reproducible sampling.
+
+    Returns:
+        ``(B, h, w)`` int64 code indices in ``[0, K)``, row-major.
+
+    Raises:
+        ValueError: for labels outside ``[0, N)``, a grid longer than the context, or bad sampling
+            settings.
+    """
+    vocab = vocabulary_from_config(prior.config)
+    h, w = _check_grid("grid_shape", tuple(grid_shape if grid_shape is not None else prior.config.token_grid))
+    num_tokens = h * w
+    if num_tokens + 1 > prior.config.n_positions:
+        raise ValueError(
+            f"grid_shape {(h, w)} needs {num_tokens + 1} positions, the prior has n_positions="
+            f"{prior.config.n_positions}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if not guidance_scale > 0:
+        raise ValueError(f"guidance_scale must be > 0, got {guidance_scale!r}")
+
+    device = prior.device
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.dim() != 1 or labels.numel() == 0:
+        raise ValueError(f"labels must be a non-empty 1-D sequence of user indices, got shape {tuple(labels.shape)}")
+    prompt = vocab.user_token(labels).to(device)[:, None]  # (B, 1), validates the label range
+    batch_size = prompt.shape[0]
+
+    gen_kwargs: dict = dict(
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=num_tokens,
+        min_new_tokens=num_tokens,
+        do_sample=True,
+        temperature=float(temperature),
+        top_k=top_k if top_k is not None else 0,  # 0 disables (the generation config default is 50)
+        top_p=float(top_p) if top_p is not None else 1.0,
+        logits_processor=transformers.LogitsProcessorList([CodeOnlyLogitsProcessor(vocab.codebook_size)]),
+        use_cache=use_cache,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=vocab.null_token,  # never emitted (masked), only silences the "no pad token" path
+    )
+    if guidance_scale != 1.0:
+        # Without negative_prompt_ids the unconditional branch would reuse the user token (DESIGN.md §7).
+        gen_kwargs["guidance_scale"] = float(guidance_scale)
+        gen_kwargs["negative_prompt_ids"] = torch.full_like(prompt, vocab.null_token)  # (B, 1)
+        gen_kwargs["negative_prompt_attention_mask"] = torch.ones_like(prompt)
+
+    if seed is not None:
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        rng = torch.random.fork_rng(devices=fork_devices)
+    else:
+        rng = nullcontext()
+
+    was_training = prior.training
+    prior.eval()
+    try:
+        with rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            sequences = prior.generate(prompt, **gen_kwargs)  # (B, 1 + T)
+    finally:
+        prior.train(was_training)
+
+    codes = sequences[:, 1:]  # (B, T), drop the user token
+    if codes.shape[1] != num_tokens:
+        raise RuntimeError(f"generate returned {codes.shape[1]} tokens, expected {num_tokens}")
+    return codes.reshape(batch_size, h, w)  # (B, h, w) row-major
