@@ -1,0 +1,68 @@
+"""Where a model's data came from: saved beside the model so validation and analysis reload exactly that data.
+
+``OUTPUT_DIR/data_info.json`` holds the arguments of :func:`load_training_data`; ``OUTPUT_DIR/split.json`` the
+train/validation file lists (:mod:`.splits`). Together they give back the images training did and did not see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UserInputError
+from .default import load_training_data
+from .folder import SpectrogramData
+from .splits import load_split
+
+DATA_INFO_FILE = "data_info.json"
+SPLIT_FILE = "split.json"
+
+_LOAD_KEYS = ("data_dir", "dataset_name", "resolution", "channels", "num_users", "skip_bad_images",
+              "samples_per_user", "seed")
+
+
+def save_data_info(output_dir: str | Path, data: SpectrogramData, **load_kwargs) -> Path:
+    """Write ``data_info.json``: the :func:`load_training_data` arguments plus facts about ``data``.
+
+    Args:
+        output_dir: the model folder.
+        data: the loaded data (its user ids, channels, resolution and source are recorded).
+        load_kwargs: the arguments given to :func:`load_training_data` (paths are made absolute).
+    """
+    info = {key: load_kwargs.get(key) for key in _LOAD_KEYS}
+    if info["data_dir"] is not None:
+        info["data_dir"] = str(Path(info["data_dir"]).resolve())
+    info["num_users"] = data.num_users  # the first N users again, whatever the flag was
+    info.update(source=data.source, user_ids=list(data.user_ids), channels=data.channels,
+                resolution=data.resolution, num_images=len(data))
+    path = Path(output_dir) / DATA_INFO_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def read_data_info(model_dir: str | Path) -> dict:
+    """The saved ``data_info.json`` of a model folder (UserInputError when missing)."""
+    path = Path(model_dir) / DATA_INFO_FILE
+    if not path.is_file():
+        raise UserInputError(f"{path} is missing: {model_dir} was not written by train_main.py; pass the real data "
+                             "explicitly (e.g. --real_data_dir)")
+    return json.loads(path.read_text())
+
+
+def load_model_data(model_dir: str | Path) -> tuple[SpectrogramData, list[int], list[int]]:
+    """Reload the data a model was trained on, with its saved split.
+
+    Returns:
+        ``(data, train_indices, val_indices)``.
+    """
+    info = read_data_info(model_dir)
+    data = load_training_data(**{key: info.get(key) for key in _LOAD_KEYS if info.get(key) is not None})
+    split_path = Path(model_dir) / SPLIT_FILE
+    if not split_path.is_file():
+        raise UserInputError(f"{split_path} is missing: retrain with train_main.py or pass --real_data_dir")
+    train_idx, val_idx = load_split(split_path, data)
+    return data, train_idx, val_idx

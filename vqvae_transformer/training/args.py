@@ -1,0 +1,188 @@
+"""Command-line flags shared by ``train_main.py`` and the per-stage training modules.
+
+Model and training flags default to None and are filled from the preset (``--preset auto|cpu|gpu``); a flag given
+explicitly always wins. Values are validated after parsing, naming the offending flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserInputError
+from .loop import LoopConfig
+from .presets import apply_preset, resolve_preset
+
+DEFAULT_OUTPUT_DIR = "outputs/vqvae_transformer"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises :class:`UserInputError` (one line, exit 2 through ``run_cli``) instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserInputError(f"{message} (see --help)")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data_dir", default=None, help="folder of ID_<k>/ image folders (default: the embedded "
+                   "simulator of walking people)")
+    g.add_argument("--dataset_name", default=None, help="a Hub dataset name or a local `datasets` folder with "
+                   "image and label columns (instead of --data_dir)")
+    g.add_argument("--num_users", type=int, default=None, help="use the first N users (by folder id); default: "
+                   "every user of the data, 31 for the simulator")
+    g.add_argument("--resolution", type=int, default=None, help="image side in pixels (preset: 64 CPU, 128 GPU)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="1 (grayscale) or 3 (colour); default: detected from the data")
+    g.add_argument("--samples_per_user", type=int, default=None,
+                   help="images per simulated user when no data is given (preset: 64)")
+    g.add_argument("--skip_bad_images", action="store_true", help="skip unreadable images (listed in the log) "
+                   "instead of stopping")
+    g.add_argument("--val_fraction", type=float, default=0.2, help="per-user share of images held out for "
+                   "validation (default 0.2)")
+
+
+def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("stage 1: tokenizer")
+    g.add_argument("--first_stage", choices=("vq", "kl"), default=None, help="backbone: diffusers VQModel (vq) or "
+                   "AutoencoderKL (kl), both with our EMA quantizer")
+    g.add_argument("--block_out_channels", type=int, nargs="+", default=None,
+                   help="channels per encoder block; n blocks downsample by 2^(n-1)")
+    g.add_argument("--latent_channels", type=int, default=None, help="latent channels before the quantizer")
+    g.add_argument("--codebook_size", type=int, default=None, help="number of codes K (preset 1024)")
+    g.add_argument("--codebook_dim", type=int, default=None, help="low-dimensional lookup size (preset 8)")
+    g.add_argument("--use_l2_norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="compare codes on the unit sphere (preset: on)")
+    g.add_argument("--ema_decay", type=float, default=None, help="EMA decay of the codebook statistics")
+    g.add_argument("--dead_code_threshold", type=float, default=None,
+                   help="restart codes whose EMA count per step falls below this")
+    g.add_argument("--commitment_beta", type=float, default=None, help="commitment loss weight")
+    g.add_argument("--vqvae_steps", type=int, default=None, help="optimiser steps of stage 1")
+    g.add_argument("--vqvae_epochs", type=float, default=None, help="epochs of stage 1 (instead of --vqvae_steps)")
+    g.add_argument("--vqvae_batch_size", type=int, default=None, help="batch size of stage 1")
+    g.add_argument("--vqvae_learning_rate", type=float, default=None, help="peak learning rate of stage 1")
+    g.add_argument("--recon_loss", choices=("l1", "l2", "l1+l2"), default="l1+l2", help="reconstruction loss")
+    g.add_argument("--lpips", choices=("auto", "on", "off"), default="auto",
+                   help="perceptual loss with pretrained LPIPS: auto uses it when its weights are on disk "
+                   "(one warning otherwise), on fails without them, off never uses it")
+    g.add_argument("--lpips_weight", type=float, default=0.1, help="weight of the LPIPS loss")
+    g.add_argument("--time_shift", action=argparse.BooleanOptionalAction, default=True,
+                   help="random circular time shifts as augmentation (never vertical flips: they reverse Doppler)")
+
+
+def add_prior_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("stage 2: prior")
+    g.add_argument("--n_layer", type=int, default=None, help="GPT-2 layers")
+    g.add_argument("--n_embd", type=int, default=None, help="GPT-2 width")
+    g.add_argument("--n_head", type=int, default=None, help="GPT-2 attention heads")
+    g.add_argument("--prior_dropout", type=float, default=None, help="GPT-2 dropout")
+    g.add_argument("--user_dropout", type=float, default=None,
+                   help="probability of replacing the user token by the null token (for guidance)")
+    g.add_argument("--prior_steps", type=int, default=None, help="optimiser steps of stage 2")
+    g.add_argument("--prior_epochs", type=float, default=None, help="epochs of stage 2 (instead of --prior_steps)")
+    g.add_argument("--prior_batch_size", type=int, default=None, help="batch size of stage 2")
+    g.add_argument("--prior_learning_rate", type=float, default=None, help="peak learning rate of stage 2")
+
+
+def add_loop_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"where the model goes (default "
+                   f"{DEFAULT_OUTPUT_DIR})")
+    g.add_argument("--preset", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="fills every model/training flag you do not give; auto = gpu if CUDA is present")
+    g.add_argument("--batch_size", type=int, default=None, help="batch size of both stages (per-stage flags win)")
+    g.add_argument("--learning_rate", type=float, default=None, help="learning rate of both stages "
+                   "(per-stage flags win)")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimiser step")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
+    g.add_argument("--lr_warmup_steps", type=int, default=None, help="linear warm-up steps (default: 5%% of steps)")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="mixed precision (preset: no on CPU, bf16 on GPU)")
+    g.add_argument("--seed", type=int, default=0, help="seed of data split, simulation, initialisation, sampling")
+    g.add_argument("--checkpointing_steps", type=int, default=None, help="save training state every N steps")
+    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep at most this many checkpoints")
+    g.add_argument("--resume_from_checkpoint", default=None,
+                   help="'latest' or a checkpoint folder: continue an interrupted run")
+    g.add_argument("--eval_steps", type=int, default=None, help="evaluate and write figures every N steps")
+    g.add_argument("--report_to", default="none",
+                   help="tracker for accelerate (tensorboard, wandb, ...; default none)")
+    # Tests only: "vqvae:N" or "prior:N" stops that stage after step N, as if the process had been killed.
+    g.add_argument("--stop_after_steps", default=None, help=argparse.SUPPRESS)
+
+
+def finalize_args(args: argparse.Namespace) -> str:
+    """Apply the preset and the both-stage shortcuts, then validate; returns the preset name used."""
+    if args.batch_size is not None:
+        for key in ("vqvae_batch_size", "prior_batch_size"):
+            if hasattr(args, key) and getattr(args, key) is None:
+                setattr(args, key, args.batch_size)
+    if args.learning_rate is not None:
+        for key in ("vqvae_learning_rate", "prior_learning_rate"):
+            if hasattr(args, key) and getattr(args, key) is None:
+                setattr(args, key, args.learning_rate)
+    name, preset = resolve_preset(args.preset)
+    apply_preset(args, preset)
+    validate_args(args)
+    return name
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Reject impossible values, naming the flag and the value."""
+    positive = ("num_users", "resolution", "samples_per_user", "latent_channels", "codebook_size", "codebook_dim",
+                "vqvae_steps", "vqvae_batch_size", "n_layer", "n_embd", "n_head", "prior_steps", "prior_batch_size",
+                "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit", "eval_steps")
+    for key in positive:
+        value = getattr(args, key, None)
+        if value is not None and value < 1:
+            raise UserInputError(f"--{key} must be a positive integer, got {value}")
+    if args.data_dir is not None and getattr(args, "dataset_name", None) is not None:
+        raise UserInputError(f"give --data_dir ({args.data_dir}) or --dataset_name ({args.dataset_name}), not both")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UserInputError(f"--val_fraction must lie in (0, 1), got {args.val_fraction}")
+    for key in ("vqvae_learning_rate", "prior_learning_rate"):
+        value = getattr(args, key, None)
+        if value is not None and value <= 0:
+            raise UserInputError(f"--{key} must be > 0, got {value}")
+    for key in ("user_dropout", "prior_dropout"):
+        value = getattr(args, key, None)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise UserInputError(f"--{key} must lie in [0, 1), got {value}")
+    if getattr(args, "n_embd", None) and getattr(args, "n_head", None) and args.n_embd % args.n_head:
+        raise UserInputError(f"--n_embd {args.n_embd} must be divisible by --n_head {args.n_head}")
+    blocks = getattr(args, "block_out_channels", None)
+    if blocks is not None and args.resolution is not None and args.resolution % (2 ** (len(blocks) - 1)):
+        raise UserInputError(f"--resolution {args.resolution} must be divisible by 2^{len(blocks) - 1} "
+                             f"(from {len(blocks)} --block_out_channels)")
+    codebook_dim, latent_channels = getattr(args, "codebook_dim", None), getattr(args, "latent_channels", None)
+    if codebook_dim is not None and latent_channels is not None and codebook_dim > latent_channels:
+        raise UserInputError(f"--codebook_dim {args.codebook_dim} must not exceed --latent_channels "
+                             f"{args.latent_channels}")
+
+
+def loop_config(args: argparse.Namespace, stage: str, num_examples: int) -> LoopConfig:
+    """The :class:`LoopConfig` of ``stage`` (``vqvae`` or ``prior``) from parsed, finalized flags."""
+    from .loop import steps_for_epochs
+
+    batch = getattr(args, f"{stage}_batch_size")
+    epochs = getattr(args, f"{stage}_epochs", None)
+    steps = steps_for_epochs(epochs, num_examples, batch, args.gradient_accumulation_steps) if epochs \
+        else getattr(args, f"{stage}_steps")
+    output_dir = Path(args.output_dir)
+    warmup = args.lr_warmup_steps if args.lr_warmup_steps is not None else max(1, steps // 20)
+    return LoopConfig(
+        output_dir=output_dir, checkpoint_dir=output_dir / "checkpoints" / stage, max_train_steps=steps,
+        batch_size=batch, learning_rate=getattr(args, f"{stage}_learning_rate"), lr_warmup_steps=warmup,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, max_grad_norm=args.max_grad_norm,
+        mixed_precision=args.mixed_precision, seed=args.seed, checkpointing_steps=args.checkpointing_steps,
+        checkpoints_total_limit=args.checkpoints_total_limit, resume_from_checkpoint=args.resume_from_checkpoint,
+        report_to=args.report_to, eval_steps=min(args.eval_steps, steps), tracker_name=f"{stage}",
+        tracker_config={k: v for k, v in vars(args).items() if v is not None},
+        stop_after_steps=_stop_after(args.stop_after_steps, stage),
+    )
+
+
+def _stop_after(spec: str | None, stage: str) -> int | None:
+    if not spec:
+        return None
+    name, _, steps = spec.partition(":")
+    return int(steps) if name == stage else None

@@ -1,0 +1,175 @@
+"""``train_main.py``: stage 1, then stage 2, then the saved pipeline, summary, model card and (optionally) a push.
+
+Resuming (``--resume_from_checkpoint latest``) skips a stage that already finished and continues an interrupted
+one from its last checkpoint, reusing the saved split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import UserInputError
+from ..models.first_stage import load_first_stage
+from ..models.pipeline import VQVAETransformerPipeline
+from .args import (ArgumentParser, add_data_args, add_loop_args, add_prior_args, add_vqvae_args, finalize_args,
+                   loop_config)
+from .data_setup import prepare_data
+from .loop import make_accelerator
+from .train_prior import PRIOR_SUBFOLDER, train_prior_stage
+from .train_prior import stage_done as prior_done
+from .train_vqvae import VQVAE_SUBFOLDER, train_vqvae_stage
+from .train_vqvae import stage_done as vqvae_done
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "training_summary.json"
+SAMPLE_GRID = "sample_grid.png"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        description="Train both stages (tokenizer, then user-conditioned GPT-2 prior) and save a loadable pipeline. "
+                    "With no --data_dir, trains on the embedded simulator of 31 walking people.")
+    add_data_args(parser)
+    add_vqvae_args(parser)
+    add_prior_args(parser)
+    add_loop_args(parser)
+    g = parser.add_argument_group("stages and sharing")
+    g.add_argument("--skip_vqvae", action="store_true", help="reuse OUTPUT_DIR/vqvae instead of training stage 1")
+    g.add_argument("--skip_prior", action="store_true", help="stop after stage 1")
+    g.add_argument("--push_to_hub", action="store_true", help="push the pipeline (never checkpoints) to the Hub")
+    g.add_argument("--hub_model_id", default=None, help="Hub repo id for --push_to_hub, e.g. me/microdoppler-gen")
+    g.add_argument("--hub_private", action="store_true", help="create the Hub repo as private")
+    return parser
+
+
+def _clear_stage_checkpoints(output_dir: Path, stage: str) -> None:
+    folder = output_dir / "checkpoints" / stage
+    if folder.is_dir():
+        logger.warning(f"starting {stage} from scratch: removing old checkpoints in {folder} "
+                       "(use --resume_from_checkpoint latest to continue them instead)")
+        shutil.rmtree(folder)
+
+
+def _peak_memory_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux reports KiB
+
+
+def _run_stage1(args, accelerator, data, train_idx, val_idx, summary: dict):
+    output_dir = Path(args.output_dir)
+    if args.skip_vqvae or (args.resume_from_checkpoint and vqvae_done(output_dir)):
+        reason = "--skip_vqvae" if args.skip_vqvae else "it already finished"
+        logger.info(f"stage 1: reusing {output_dir / VQVAE_SUBFOLDER} ({reason})")
+        return load_first_stage(output_dir / VQVAE_SUBFOLDER), True
+    if not args.resume_from_checkpoint:
+        _clear_stage_checkpoints(output_dir, VQVAE_SUBFOLDER)
+    cfg = loop_config(args, VQVAE_SUBFOLDER, len(train_idx))
+    model, stage = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx], accelerator)
+    summary["vqvae"] = {k: v for k, v in stage.items() if k != "history"}
+    return model, stage["finished"]
+
+
+def _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summary: dict):
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint and prior_done(output_dir):
+        logger.info(f"stage 2: reusing {output_dir / PRIOR_SUBFOLDER} (it already finished)")
+        from transformers import GPT2LMHeadModel
+
+        return GPT2LMHeadModel.from_pretrained(output_dir / PRIOR_SUBFOLDER), True
+    if not args.resume_from_checkpoint:
+        _clear_stage_checkpoints(output_dir, PRIOR_SUBFOLDER)
+    cfg = loop_config(args, PRIOR_SUBFOLDER, len(train_idx))
+    prior, stage = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
+                                     data.images[val_idx], data.labels[val_idx], data.user_ids, accelerator)
+    summary["prior"] = {k: v for k, v in stage.items() if k != "history"}
+    return prior, stage["finished"]
+
+
+def _write_summary(output_dir: Path, summary: dict) -> Path:
+    path = output_dir / SUMMARY_FILE
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    for stage in ("vqvae", "prior"):  # a resumed run keeps the figures of a stage it did not redo
+        if stage not in summary and stage in previous:
+            summary[stage] = previous[stage]
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def _save_pipeline(args, first_stage, prior, data, summary: dict) -> VQVAETransformerPipeline:
+    """Save the pipeline into OUTPUT_DIR, a sample grid for the card, the summary and the model card."""
+    from ..hub import write_model_card
+    from ..inference.generate import make_user_grid
+
+    output_dir = Path(args.output_dir)
+    pipeline = VQVAETransformerPipeline(vqvae=first_stage.eval(), prior=prior.eval(), user_ids=data.user_ids,
+                                        resolution=data.resolution, channels=data.channels)
+    pipeline.save_pretrained(output_dir)
+    shown = data.user_ids[:min(len(data.user_ids), 31)]
+    per_user = 4
+    pixels = pipeline(user_ids=shown, num_images_per_user=per_user, seed=args.seed, output_type="pt").images
+    make_user_grid(pixels, shown, per_user).save(output_dir / SAMPLE_GRID)
+    _write_summary(output_dir, summary)
+    write_model_card(output_dir, repo_id=args.hub_model_id)
+    return pipeline
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run the whole training described by finalized flags; returns the summary written to OUTPUT_DIR."""
+    start = time.time()
+    output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(loop_config(args, VQVAE_SUBFOLDER, 1))
+    data, train_idx, val_idx = prepare_data(args, reuse_split=bool(args.resume_from_checkpoint))
+    summary: dict = {"settings": {k: v for k, v in vars(args).items() if k != "stop_after_steps"},
+                     "data": {"source": data.source, "num_users": data.num_users, "user_ids": data.user_ids,
+                              "train_images": len(train_idx), "val_images": len(val_idx),
+                              "resolution": data.resolution, "channels": data.channels}}
+    first_stage, finished = _run_stage1(args, accelerator, data, train_idx, val_idx, summary)
+    if finished and not args.skip_prior:
+        prior, finished = _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summary)
+        if finished and accelerator.is_main_process:
+            summary["wall_seconds"] = round(time.time() - start, 1)
+            summary["peak_memory_gb"] = round(_peak_memory_gb(), 2)
+            _save_pipeline(args, first_stage, prior, data, summary)
+            if args.push_to_hub:
+                from ..hub import push_to_hub
+
+                url = push_to_hub(output_dir, args.hub_model_id, private=args.hub_private)
+                logger.info(f"pushed to {url}")
+    if not finished:
+        logger.warning("training stopped before the end; continue with --resume_from_checkpoint latest")
+    summary["finished"] = finished
+    accelerator.end_training()
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``train_main.py``."""
+    from ..cli import setup_logging
+
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    preset = finalize_args(args)
+    if args.push_to_hub and not args.hub_model_id:
+        raise UserInputError("--push_to_hub needs --hub_model_id (e.g. your-name/microdoppler-generator)")
+    if args.skip_vqvae and not (Path(args.output_dir) / VQVAE_SUBFOLDER / "config.json").is_file():
+        raise UserInputError(f"--skip_vqvae, but {Path(args.output_dir) / VQVAE_SUBFOLDER} holds no trained stage 1")
+    logger.info(f"preset {preset}: {args.resolution} px, K={args.codebook_size}, stage 1 {args.vqvae_steps} steps, "
+                f"prior {args.n_layer}x{args.n_embd} {args.prior_steps} steps, device "
+                f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    summary = train(args)
+    if summary["finished"] and not args.skip_prior:
+        logger.info(f"done in {summary.get('wall_seconds', 0):.0f}s; model in {args.output_dir}; next: "
+                    f"python generate_main.py --model_dir {args.output_dir}")
+    return 0

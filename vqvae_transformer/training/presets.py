@@ -1,0 +1,88 @@
+"""Presets: complete sets of model and training settings for a laptop CPU or a GPU.
+
+A flag given on the command line always wins over the preset's value (flags default to None and are filled
+from the preset). ``auto`` picks ``gpu`` when a CUDA device is present, else ``cpu``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Budget of the CPU preset (2 cores): train_main from nothing in <= 20 min, peak memory <= 6 GB (benchmarks/).
+CPU_PRESET: dict = {
+    "resolution": 64,
+    "samples_per_user": 64,
+    "first_stage": "vq",
+    "block_out_channels": (32, 64, 64, 128),  # 3 downsamplings: 64 px -> 8x8 tokens
+    "latent_channels": 64,
+    "codebook_size": 1024,
+    "codebook_dim": 8,
+    "use_l2_norm": True,
+    "ema_decay": 0.95,
+    "dead_code_threshold": 0.1,
+    "commitment_beta": 0.25,
+    "vqvae_batch_size": 32,
+    "vqvae_steps": 360,
+    "vqvae_learning_rate": 1e-3,
+    "prior_batch_size": 32,
+    "prior_steps": 1200,
+    "prior_learning_rate": 1e-3,
+    "n_layer": 6,
+    "n_embd": 256,
+    "n_head": 8,
+    "prior_dropout": 0.1,
+    "user_dropout": 0.1,
+    "mixed_precision": "no",
+    "eval_steps": 120,
+    "checkpointing_steps": 120,
+}
+
+GPU_PRESET: dict = {
+    **CPU_PRESET,
+    "resolution": 128,
+    "block_out_channels": (64, 128, 128, 256),  # 128 px -> 16x16 tokens
+    "latent_channels": 128,
+    "vqvae_batch_size": 64,
+    "vqvae_steps": 4000,
+    "vqvae_learning_rate": 5e-4,
+    "prior_batch_size": 64,
+    "prior_steps": 8000,
+    "prior_learning_rate": 5e-4,
+    "n_layer": 8,
+    "n_embd": 512,
+    "n_head": 8,
+    "mixed_precision": "bf16",
+    "eval_steps": 500,
+    "checkpointing_steps": 500,
+}
+
+PRESETS = {"cpu": CPU_PRESET, "gpu": GPU_PRESET}
+
+
+def resolve_preset(name: str) -> tuple[str, dict]:
+    """Map ``auto``/``cpu``/``gpu`` to a preset, logging the choice for ``auto``.
+
+    Returns:
+        ``(preset name, a copy of its settings)``.
+    """
+    if name == "auto":
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+        reason = "a CUDA device is present" if name == "gpu" else "no CUDA device is present"
+        logger.info(f"--preset auto: using the {name.upper()} preset because {reason}")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose auto, cpu or gpu")
+    return name, dict(PRESETS[name])
+
+
+def apply_preset(args, preset: dict) -> list[str]:
+    """Fill every ``None`` attribute of ``args`` that the preset knows; return the names filled."""
+    filled = []
+    for key, value in preset.items():
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
+            filled.append(key)
+    return filled

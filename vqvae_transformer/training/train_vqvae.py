@@ -1,0 +1,234 @@
+"""Stage 1: train the tokenizer (first stage + EMA quantizer) on Accelerate.
+
+Loss = reconstruction (L1/L2) + commitment (+ KL for the ``kl`` backbone) (+ pretrained LPIPS when available).
+The tqdm bar shows loss, PSNR, codebook usage (cumulative over the epoch, from the indices) and perplexity; every
+``--eval_steps`` the validation split is measured and figures are written to ``OUTPUT_DIR/figures/``.
+
+Run on its own::
+
+    python -m vqvae_transformer.training.train_vqvae --output_dir outputs/tokenizer [--data_dir DATA]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from ..errors import UserInputError
+from ..figures import save_curves, save_reconstruction_grid, save_usage_histogram
+from ..models.first_stage import build_first_stage
+from ..perceptual import LPIPSUnavailableError, load_pretrained_lpips, lpips_status
+from ..validation.reconstruction import code_counts, encode_tokens, reconstruct, tokenizer_metrics
+from .loop import LoopConfig, list_checkpoints, make_accelerator, run_training
+
+logger = get_logger(__name__)
+
+VQVAE_SUBFOLDER = "vqvae"
+FIGURE_DIR = "figures"
+MAX_EVAL_IMAGES = 512
+
+
+def build_vqvae(args: argparse.Namespace, channels: int, resolution: int):
+    """A fresh first stage from finalized flags (see :mod:`.args`)."""
+    blocks = tuple(args.block_out_channels)
+    groups = min(32, *blocks)
+    return build_first_stage(
+        args.first_stage, in_channels=channels, out_channels=channels, block_out_channels=blocks,
+        latent_channels=args.latent_channels, sample_size=resolution, num_vq_embeddings=args.codebook_size,
+        norm_num_groups=groups, codebook_dim=args.codebook_dim, use_l2_norm=args.use_l2_norm,
+        ema_decay=args.ema_decay, dead_code_threshold=args.dead_code_threshold,
+        commitment_beta=args.commitment_beta,
+    )
+
+
+def random_time_shift(images: torch.Tensor) -> torch.Tensor:
+    """Roll each image along time (the width axis) by a random number of columns: ``[B, C, H, W]``."""
+    b, _, _, w = images.shape
+    shifts = torch.randint(0, w, (b,), device=images.device)
+    cols = (torch.arange(w, device=images.device)[None, :] - shifts[:, None]) % w  # (B, W)
+    return images.gather(3, cols[:, None, None, :].expand_as(images))
+
+
+def resolve_lpips(mode: str, device: torch.device | None = None) -> torch.nn.Module | None:
+    """Pretrained LPIPS for ``--lpips on|auto``; ``auto`` warns once and returns None when weights are missing."""
+    if mode == "off":
+        return None
+    if mode == "auto":
+        available, reason = lpips_status()
+        if not available:
+            logger.warning(f"training without the LPIPS loss: {reason}", main_process_only=True)
+            return None
+    try:
+        module = load_pretrained_lpips()
+    except LPIPSUnavailableError as err:
+        raise UserInputError(f"--lpips on, but pretrained LPIPS cannot be loaded: {err}") from err
+    return module.to(device) if device is not None else module
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """``l1``, ``l2`` or ``l1+l2`` between two image batches."""
+    if kind == "l1":
+        return F.l1_loss(recon, target)
+    if kind == "l2":
+        return F.mse_loss(recon, target)
+    return F.l1_loss(recon, target) + F.mse_loss(recon, target)
+
+
+def batch_psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB of a batch, images in [-1, 1] mapped to [0, 1]."""
+    mse = F.mse_loss(((recon.detach().float() + 1) / 2).clamp(0, 1), (target.float() + 1) / 2)
+    return float(10 * torch.log10(1.0 / mse.clamp(min=1e-10)))
+
+
+class VQVAEStep:
+    """One stage-1 forward pass: ``(model, batch, accelerator) -> (loss, logs)`` for :func:`run_training`."""
+
+    def __init__(self, recon_loss: str = "l1+l2", lpips: torch.nn.Module | None = None, lpips_weight: float = 0.1,
+                 time_shift: bool = True):
+        self.recon_loss = recon_loss
+        self.lpips = lpips
+        self.lpips_weight = lpips_weight
+        self.time_shift = time_shift
+
+    def __call__(self, model, batch, accelerator: Accelerator) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch[0]  # (B, C, R, R) in [-1, 1]
+        if self.time_shift:
+            images = random_time_shift(images)
+        out = model(images)
+        recon = reconstruction_loss(out.sample, images, self.recon_loss)
+        loss = recon + out.commit_loss + out.kl_loss
+        logs = {"recon": float(recon.detach()), "psnr": batch_psnr(out.sample, images)}
+        if self.lpips is not None:
+            rgb = lambda x: x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # noqa: E731
+            perceptual = self.lpips(rgb(out.sample.float()), rgb(images.float())).mean()
+            loss = loss + self.lpips_weight * perceptual
+            logs["lpips"] = float(perceptual.detach())
+        quantizer = accelerator.unwrap_model(model).quantize
+        usage = quantizer.usage_summary()
+        logs.update(usage=usage["codebook_usage"], ppl=quantizer.last_stats.perplexity)
+        return loss, logs
+
+
+def make_vqvae_eval(val_images: torch.Tensor, output_dir: Path, batch_size: int):
+    """Evaluation + figures on (up to 512 of) the validation images; ``(model, step, history) -> metrics``."""
+    images = val_images[:MAX_EVAL_IMAGES]
+    figures = output_dir / FIGURE_DIR
+
+    def evaluate(model, step: int, history: list[dict]) -> dict[str, float]:
+        metrics = tokenizer_metrics(model, images, batch_size)
+        counts = code_counts(encode_tokens(model, images, batch_size), model.config.num_vq_embeddings)
+        save_reconstruction_grid(images[:8], reconstruct(model, images[:8]), figures / "vqvae_reconstructions.png",
+                                 title=f"step {step}: top original, bottom reconstruction "
+                                       f"(val PSNR {metrics['psnr']:.1f} dB)")
+        save_usage_histogram(counts, figures / "vqvae_codebook_usage.png")
+        save_curves(history, ["loss", "psnr", "usage", "val_psnr", "val_codebook_usage"],
+                    figures / "vqvae_curves.png")
+        keep = ("psnr", "ssim", "codebook_usage", "codebook_perplexity", "normalized_entropy", "top_code_share")
+        return {k: metrics[k] for k in keep}
+
+    return evaluate
+
+
+def save_pretrained_atomic(model, target: Path) -> Path:
+    """``save_pretrained`` into a temporary sibling folder, then swap it into ``target``."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+    return target
+
+
+def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: torch.Tensor,
+                      val_images: torch.Tensor, accelerator: Accelerator | None = None) -> tuple[object, dict]:
+    """Train (or resume) stage 1 and save it to ``OUTPUT_DIR/vqvae``.
+
+    Args:
+        args: finalized flags (model and loss settings).
+        cfg: the loop settings of this stage.
+        train_images: ``[N, C, R, R]`` in [-1, 1].
+        val_images: ``[M, C, R, R]`` held-out images for metrics and figures.
+        accelerator: shared accelerator (train_main runs both stages in one).
+
+    Returns:
+        ``(model, summary)``; ``summary["finished"]`` is False when the run was cut short.
+    """
+    start = time.time()
+    accelerator = accelerator or make_accelerator(cfg)
+    channels, resolution = train_images.shape[1], train_images.shape[-1]
+    torch.manual_seed(cfg.seed)
+    model = build_vqvae(args, channels, resolution)
+    lpips = resolve_lpips(args.lpips, accelerator.device)
+    step_fn = VQVAEStep(args.recon_loss, lpips, args.lpips_weight, args.time_shift)
+    eval_fn = make_vqvae_eval(val_images, cfg.output_dir, cfg.batch_size)
+    dataset = torch.utils.data.TensorDataset(train_images)
+    model, history, finished = run_training(
+        cfg, model, dataset, step_fn, eval_fn,
+        on_epoch_start=lambda m, epoch: m.quantize.reset_usage(), accelerator=accelerator,
+    )
+    summary = {"finished": finished, "steps": history[-1]["step"] if history else 0,
+               "seconds": round(time.time() - start, 1), "history": history, "lpips_loss": lpips is not None}
+    if finished:
+        model.eval()
+        summary["final"] = tokenizer_metrics(model, val_images, cfg.batch_size)
+        save_pretrained_atomic(model, cfg.output_dir / VQVAE_SUBFOLDER)
+        logger.info(f"stage 1 done: val PSNR {summary['final']['psnr']:.2f} dB, codebook usage "
+                    f"{summary['final']['codebook_usage']:.1%}; saved to {cfg.output_dir / VQVAE_SUBFOLDER}",
+                    main_process_only=True)
+    return model, summary
+
+
+def stage_done(output_dir: Path) -> bool:
+    """Whether stage 1 already finished in ``output_dir`` (its model and its final checkpoint exist)."""
+    return (output_dir / VQVAE_SUBFOLDER / "config.json").is_file() and bool(
+        list_checkpoints(output_dir / "checkpoints" / VQVAE_SUBFOLDER))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .args import ArgumentParser, add_data_args, add_loop_args, add_vqvae_args
+
+    parser = ArgumentParser(description="Train the stage-1 tokenizer (VQModel/AutoencoderKL + EMA quantizer).")
+    add_data_args(parser)
+    add_vqvae_args(parser)
+    add_loop_args(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stage 1 on its own: load data, split, train, save ``OUTPUT_DIR/vqvae`` and ``stage1_summary.json``."""
+    from ..cli import setup_logging
+    from .data_setup import prepare_data
+    from .args import finalize_args, loop_config
+
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    finalize_args(args)
+    data, train_idx, val_idx = prepare_data(args, reuse_split=bool(args.resume_from_checkpoint))
+    cfg = loop_config(args, "vqvae", len(train_idx))
+    _, summary = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx])
+    out = Path(args.output_dir) / "stage1_summary.json"
+    out.write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    from ..cli import run_cli
+
+    sys.exit(run_cli(main))

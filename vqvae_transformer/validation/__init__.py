@@ -1,0 +1,1 @@
+"""vqvae_transformer.validation"""

@@ -1,0 +1,56 @@
+"""Tokenizer measurements on a set of images: token grids, reconstruction PSNR/SSIM and codebook statistics."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from ..models.quantizer import code_statistics
+
+
+@torch.no_grad()
+def encode_tokens(model, images: torch.Tensor, batch_size: int = 64) -> torch.LongTensor:
+    """Token grids ``[N, h, w]`` of ``images [N, C, R, R]`` in [-1, 1] (batched, on the model's device)."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    chunks = [model.encode_to_tokens(images[i:i + batch_size].to(device, dtype)).cpu()
+              for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def reconstruct(model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Reconstructions ``[N, C, R, R]`` (float32, CPU) through tokens: encode -> indices -> decode."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        tokens = model.encode_to_tokens(images[i:i + batch_size].to(device, dtype))
+        out.append(model.decode_tokens(tokens).float().cpu())
+    return torch.cat(out)
+
+
+def code_counts(tokens: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """``[K]`` histogram of code indices."""
+    return torch.bincount(tokens.reshape(-1).cpu(), minlength=codebook_size)
+
+
+@torch.no_grad()
+def tokenizer_metrics(model, images: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """PSNR, SSIM (images mapped to [0, 1]) and codebook statistics of the tokens of ``images``.
+
+    Returns:
+        ``psnr``, ``ssim``, ``codebook_usage``, ``codebook_perplexity``, ``normalized_entropy``,
+        ``top_code_share``, ``used_codes`` (see :func:`~vqvae_transformer.models.quantizer.code_statistics`).
+    """
+    psnr = PeakSignalNoiseRatio(data_range=1.0)
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+    tokens = encode_tokens(model, images, batch_size)
+    for i in range(0, images.shape[0], batch_size):
+        recon = model.decode_tokens(tokens[i:i + batch_size].to(next(model.parameters()).device)).float().cpu()
+        target = ((images[i:i + batch_size].float() + 1) / 2).clamp(0, 1)
+        recon = ((recon + 1) / 2).clamp(0, 1)
+        psnr.update(recon, target)
+        ssim.update(recon, target)
+    stats = code_statistics(code_counts(tokens, model.config.num_vq_embeddings))
+    return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), **stats}
