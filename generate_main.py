@@ -1,0 +1,63 @@
+"""Generate spectrograms per user from a trained vqvae_transformer model.
+
+Examples::
+
+    python generate_main.py                                   # every user, 10 images each
+    python generate_main.py --user_ids 1 3 7 --samples_per_user 50 --seed 1
+    python generate_main.py --model_dir org/name              # a model on the Hub (or in the offline cache)
+
+The logic lives in :mod:`vqvae_transformer.inference.generate`; this script only parses the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from vqvae_transformer.cli import run_cli, setup_logging
+from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR, DEFAULT_OUTPUT_DIR, run_generate_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags of ``generate_main.py``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR,
+                        help="folder written by train_main.py, or a Hub repo id org/name "
+                             f"(default: {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR,
+                        help=f"where ID_<k>/ folders, grid.png and generation_info.json go (default: "
+                             f"{DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--samples_per_user", type=int, default=10, help="images per user (default: 10)")
+    parser.add_argument("--user_ids", type=int, nargs="+", default=None,
+                        help="1-based user ids as in the data folders, e.g. --user_ids 1 3 7 (default: all)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="softmax temperature, > 0; lower is more conservative (default: 1.0)")
+    parser.add_argument("--top_k", type=int, default=None,
+                        help="sample only among the k most likely codes (default: all codes)")
+    parser.add_argument("--top_p", type=float, default=None,
+                        help="nucleus sampling threshold in (0, 1] (default: off)")
+    parser.add_argument("--guidance_scale", type=float, default=1.0,
+                        help="classifier-free guidance scale, > 0; 1 disables it, e.g. 2-3 sharpens identity "
+                             "(default: 1.0)")
+    parser.add_argument("--batch_size", type=int, default=64,
+                        help="sequences sampled per generate() call; the images depend on it (default: 64)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; the same seed and batch size give identical images (default: 0)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where to run; cuda without a GPU is an error (default: auto)")
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> None:
+    run_generate_cli(build_parser().parse_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and generate; returns the exit code (2 with one line on stderr for user errors)."""
+    setup_logging()
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

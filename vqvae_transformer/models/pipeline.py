@@ -1,0 +1,401 @@
+"""Both stages behind one ``from_pretrained`` / ``__call__``: GPT-2 prior -> code tokens -> first stage -> images.
+
+A saved pipeline is a folder (DESIGN.md §3 "Saved model")::
+
+    model_index.json     pipeline class, component classes, user_ids, resolution, channels, value_range,
+                         format_version
+    vqvae/               the first stage (config.json + diffusion_pytorch_model.safetensors)
+    prior/               the GPT-2 prior (config.json + model.safetensors + generation_config.json)
+
+``model_index.json`` names ``["vqvae_transformer.models.first_stage", "VQFirstStage"]`` for the first stage;
+diffusers imports that module by name when loading, which works because the module has ``ModelMixin`` as a
+module-level name (DESIGN.md §7). Loading by Hub repo id fails inside diffusers for custom-package components,
+so :meth:`VQVAETransformerPipeline.from_pretrained` downloads the snapshot first and then loads the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (module-level name needed by pipelines, §7)
+from diffusers.utils import BaseOutput
+from transformers import GPT2LMHeadModel
+
+from ..errors import UserInputError
+from . import first_stage as first_stage_module
+from .first_stage import VQFirstStage, KLFirstStage
+from .prior import sample_tokens, vocabulary_from_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FORMAT_VERSION", "VQVAETransformerPipeline", "VQVAETransformerPipelineOutput", "resolve_model_folder"]
+
+FORMAT_VERSION = 1
+OUTPUT_TYPES = ("pil", "pt", "np")
+_SEED_MODULUS = 2**63 - 1
+
+
+@dataclass
+class VQVAETransformerPipelineOutput(BaseOutput):
+    """Output of :class:`VQVAETransformerPipeline`.
+
+    Args:
+        images: list of PIL images (mode ``"L"`` for 1 channel, ``"RGB"`` for 3), a float tensor
+            ``[N, C, R, R]`` in [0, 1] (``output_type="pt"``) or a float array ``[N, R, R, C]`` in [0, 1]
+            (``output_type="np"``, the diffusers convention).
+        user_ids: public (1-based folder) id of each image, in the same order.
+    """
+
+    images: list[PIL.Image.Image] | torch.Tensor | np.ndarray
+    user_ids: list[int]
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    """True for ``name`` or ``org/name`` strings that are not obviously local paths."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return False
+    return all(part and not part.startswith((".", "-")) for part in name.split("/"))
+
+
+def resolve_model_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None,
+                         token: str | bool | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Turn a local folder or a Hub repo id into a local folder holding a saved pipeline.
+
+    A local folder is used as is. Anything else goes through ``huggingface_hub.snapshot_download``, which
+    honours ``HF_HUB_OFFLINE`` and the cache (``HF_HOME``).
+
+    Args:
+        path_or_repo_id: a folder saved by :meth:`VQVAETransformerPipeline.save_pretrained` or a repo id
+            (``org/name``).
+        revision: Hub revision (branch, tag or commit sha); defaults to ``main``.
+        token: Hub token for private repos.
+        cache_dir: Hub cache folder (defaults to ``$HF_HOME/hub``).
+
+    Returns:
+        The folder that holds ``model_index.json``.
+
+    Raises:
+        UserInputError: the folder does not exist and no Hub repo of that name could be fetched.
+    """
+    name = os.fspath(path_or_repo_id)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise UserInputError(f"model path {name} is a file, not a folder; pass the folder saved by train_main.py")
+    if not _looks_like_repo_id(name):
+        raise UserInputError(f"no model folder at {name}; train one with train_main.py or pass a Hub repo id "
+                             "(org/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id=name, revision=revision, token=token, cache_dir=cache_dir)
+    except (HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, ConnectionError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(f"no model folder at {name} and the Hub repo {name!r} could not be fetched "
+                             f"({type(err).__name__}: {reason}); train one with train_main.py, check the repo id, "
+                             "or pre-fill the cache and set HF_HUB_OFFLINE=1") from err
+    return Path(folder)
+
+
+def _check_saved_pipeline(folder: Path) -> dict:
+    """Read ``model_index.json`` and check it is a pipeline of ours in the current format version."""
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise UserInputError(f"{folder} holds no model_index.json, so it is not a saved pipeline; point to the "
+                             "output folder of train_main.py")
+    index = json.loads(index_file.read_text())
+    class_name = index.get("_class_name")
+    if class_name != VQVAETransformerPipeline.__name__:
+        raise UserInputError(f"{folder} holds a {class_name!r}, not a {VQVAETransformerPipeline.__name__}; "
+                             "point to a model saved by this project")
+    version = index.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserInputError(f"{folder} was saved with format version {version}, this code reads version "
+                             f"{FORMAT_VERSION}; retrain it or use the matching release of vqvae_transformer")
+    for component in ("vqvae", "prior"):
+        if not (folder / component / "config.json").is_file():
+            raise UserInputError(f"{folder / component} is missing (no config.json); the model folder is "
+                                 "incomplete, re-save or re-download it")
+    return index
+
+
+def chunk_seeds(seed: int, num_chunks: int) -> list[int]:
+    """Independent, reproducible per-chunk seeds derived from one seed (``numpy.random.SeedSequence``)."""
+    states = np.random.SeedSequence(int(seed) % _SEED_MODULUS).generate_state(num_chunks, np.uint64)
+    return [int(state) >> 1 for state in states]  # 63-bit, valid for torch.manual_seed
+
+
+class VQVAETransformerPipeline(DiffusionPipeline):
+    """Per-user spectrogram generator: a GPT-2 prior samples code tokens, the first stage decodes them.
+
+    Args:
+        vqvae: the first stage (:class:`VQFirstStage` or :class:`KLFirstStage`).
+        prior: the ``GPT2LMHeadModel`` prior built by :func:`~vqvae_transformer.models.prior.build_prior`.
+        user_ids: public 1-based ids in label order (index = 0-based label); defaults to the prior's
+            ``config.user_ids``.
+        resolution: image side R; defaults to the first stage's ``sample_size``.
+        channels: 1 (grayscale) or 3 (colour); defaults to the first stage's ``out_channels``.
+        value_range: the range the first stage was trained on, ``[-1, 1]``.
+        format_version: version of the saved layout (checked when loading).
+
+    The non-module arguments are saved in ``model_index.json`` and restored by :meth:`from_pretrained`.
+    """
+
+    model_cpu_offload_seq = "prior->vqvae"
+
+    def __init__(
+        self,
+        vqvae: VQFirstStage | KLFirstStage,
+        prior: GPT2LMHeadModel,
+        user_ids: list[int] | None = None,
+        resolution: int | None = None,
+        channels: int | None = None,
+        value_range: list[float] | tuple[float, float] = (-1.0, 1.0),
+        format_version: int = FORMAT_VERSION,
+    ):
+        super().__init__()
+        vocab = vocabulary_from_config(prior.config)
+        if user_ids is None:
+            user_ids = getattr(prior.config, "user_ids", None) or list(range(1, vocab.num_users + 1))
+        user_ids = [int(u) for u in user_ids]
+        if len(user_ids) != vocab.num_users:
+            raise ValueError(f"user_ids has {len(user_ids)} entries ({user_ids}) but the prior has "
+                             f"{vocab.num_users} users")
+        if vocab.codebook_size != vqvae.config.num_vq_embeddings:
+            raise ValueError(f"the prior has {vocab.codebook_size} codes but the first stage has "
+                             f"{vqvae.config.num_vq_embeddings}")
+        resolution = int(resolution if resolution is not None else vqvae.config.sample_size)
+        grid = tuple(prior.config.token_grid)
+        if vqvae.token_grid(resolution) != grid:
+            raise ValueError(f"the first stage maps {resolution}px images to a {vqvae.token_grid(resolution)} "
+                             f"grid but the prior expects {grid}")
+        channels = int(channels if channels is not None else vqvae.config.out_channels)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        low, high = (float(v) for v in value_range)
+        if not low < high:
+            raise ValueError(f"value_range must be (low, high) with low < high, got {list(value_range)}")
+        self.register_modules(vqvae=vqvae, prior=prior)
+        self.register_to_config(user_ids=user_ids, resolution=resolution, channels=channels,
+                                value_range=[low, high], format_version=int(format_version))
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "VQVAETransformerPipeline":
+        """Load a pipeline from a local folder or a Hub repo id.
+
+        Args:
+            pretrained_model_name_or_path: folder written by :meth:`save_pretrained` (the training output
+                folder) or a Hub repo id ``org/name`` (fetched with ``snapshot_download``; works offline from a
+                pre-filled cache with ``HF_HUB_OFFLINE=1``).
+            **kwargs: ``revision``, ``token``, ``cache_dir`` for the Hub; the rest goes to
+                ``DiffusionPipeline.from_pretrained`` (e.g. ``torch_dtype``).
+
+        Returns:
+            The pipeline with both modules in eval mode.
+
+        Raises:
+            UserInputError: missing folder, unknown repo, a folder that is not one of our pipelines or one
+                saved with another format version.
+        """
+        folder = resolve_model_folder(pretrained_model_name_or_path, revision=kwargs.pop("revision", None),
+                                      token=kwargs.pop("token", None), cache_dir=kwargs.pop("cache_dir", None))
+        index = _check_saved_pipeline(folder)
+        module_name = index.get("vqvae", [None])[0]
+        if module_name != first_stage_module.__name__:
+            raise UserInputError(f"{folder}/model_index.json names the first stage module {module_name!r}, "
+                                 f"expected {first_stage_module.__name__!r}; re-save the model with this project")
+        pipeline = super().from_pretrained(os.fspath(folder), **kwargs)
+        vqvae_version = pipeline.vqvae.config.get("format_version")
+        if vqvae_version != first_stage_module.FORMAT_VERSION:
+            raise UserInputError(f"{folder / 'vqvae'} was saved with first-stage format version {vqvae_version}, "
+                                 f"this code reads {first_stage_module.FORMAT_VERSION}; retrain or re-download it")
+        pipeline.vqvae.eval()
+        pipeline.prior.eval()
+        return pipeline
+
+    # ------------------------------------------------------------------ user ids
+
+    @property
+    def user_ids(self) -> list[int]:
+        """Public 1-based ids in label order."""
+        return list(self.config.user_ids)
+
+    def labels_for(self, user_ids: Sequence[int] | None) -> list[int]:
+        """Map public ids to 0-based labels.
+
+        Args:
+            user_ids: public ids; None means all users.
+
+        Returns:
+            0-based labels in the order of ``user_ids``.
+
+        Raises:
+            UserInputError: an id the model does not know, naming the valid ids.
+        """
+        known = self.user_ids
+        if user_ids is None:
+            return list(range(len(known)))
+        if isinstance(user_ids, int):
+            user_ids = [user_ids]
+        requested = [int(u) for u in user_ids]
+        if not requested:
+            raise UserInputError(f"user_ids is empty; pass some of the model's ids {_describe_ids(known)}")
+        unknown = [u for u in requested if u not in known]
+        if unknown:
+            raise UserInputError(f"unknown user id(s) {unknown}; this model knows {_describe_ids(known)}")
+        return [known.index(u) for u in requested]
+
+    # ------------------------------------------------------------------ sampling
+
+    def _base_seed(self, seed: int | None, generator: torch.Generator | None) -> int:
+        """The seed all chunk seeds derive from: ``seed``, else one drawn from ``generator``/the global RNG."""
+        if seed is not None:
+            return int(seed)
+        draw = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu")
+        return int(draw.item())
+
+    def _to_unit_range(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, C, R, R]`` in ``value_range`` -> float32 in [0, 1] on the CPU."""
+        low, high = self.config.value_range
+        return ((images.float() - low) / (high - low)).clamp(0.0, 1.0).cpu()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        user_ids: Sequence[int] | int | None = None,
+        num_images_per_user: int = 1,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        batch_size: int = 64,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> VQVAETransformerPipelineOutput | tuple:
+        """Generate ``num_images_per_user`` images for each requested user.
+
+        Requests are laid out user by user (all images of the first id, then the next, ...) and sampled in
+        chunks of ``batch_size`` across users: one KV-cached ``generate()`` call per chunk
+        (:func:`~vqvae_transformer.models.prior.sample_tokens`), then one first-stage decode.
+
+        Reproducibility: chunk ``i`` is sampled with a seed derived from ``(seed, i)``, so the same seed and
+        the same ``batch_size`` give identical images on the same device. Changing ``batch_size`` changes the
+        images: ``generate()`` draws the next token of a whole chunk from one RNG stream (``torch.multinomial``
+        over ``[B, V]``), so a row's draws depend on the rows sampled with it.
+
+        Args:
+            user_ids: public 1-based ids (one int or a list); None means every user the model knows.
+            num_images_per_user: images per id (> 0).
+            temperature: softmax temperature (> 0).
+            top_k: keep the k most likely codes (None: all).
+            top_p: nucleus threshold in (0, 1] (None: off).
+            guidance_scale: classifier-free guidance (1 = off; the unconditional branch is the null user).
+            generator: a ``torch.Generator`` to draw the base seed from when ``seed`` is None.
+            seed: base seed; wins over ``generator``. Without either, the base seed comes from the global RNG.
+            batch_size: sequences per ``generate()`` call (> 0).
+            output_type: ``"pil"``, ``"pt"`` or ``"np"``.
+            return_dict: return a :class:`VQVAETransformerPipelineOutput` (else ``(images, user_ids)``).
+
+        Returns:
+            :class:`VQVAETransformerPipelineOutput` with ``images`` and the public ``user_ids`` of each image.
+
+        Raises:
+            UserInputError: unknown user ids, a non-positive count or batch size, an unknown output type or
+                bad sampling settings.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise UserInputError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
+        for name, value in (("num_images_per_user", num_images_per_user), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserInputError(f"{name} must be a positive integer, got {value!r}")
+        labels = self.labels_for(user_ids)
+        all_labels = [label for label in labels for _ in range(num_images_per_user)]  # user-major order
+        chunks = [all_labels[i:i + batch_size] for i in range(0, len(all_labels), batch_size)]
+        seeds = chunk_seeds(self._base_seed(seed, generator), len(chunks))
+
+        images = []
+        for chunk, chunk_seed in zip(self.progress_bar(chunks), seeds):
+            try:
+                tokens = sample_tokens(self.prior, chunk, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       guidance_scale=guidance_scale, seed=chunk_seed)  # (B, h, w)
+            except ValueError as err:  # bad sampling settings: the user's to fix
+                raise UserInputError(str(err)) from err
+            decoded = self.vqvae.decode_tokens(tokens.to(self.vqvae.device))  # (B, C, R, R) ~ value_range
+            images.append(self._to_unit_range(decoded))
+        pixels = torch.cat(images)  # (N, C, R, R) in [0, 1]
+        public_ids = [self.user_ids[label] for label in all_labels]
+
+        if output_type == "pt":
+            result = pixels
+        elif output_type == "np":
+            result = pixels.permute(0, 2, 3, 1).numpy()  # (N, R, R, C)
+        else:
+            result = tensor_to_pil(pixels)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return result, public_ids
+        return VQVAETransformerPipelineOutput(images=result, user_ids=public_ids)
+
+    # ------------------------------------------------------------------ sharing
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, summary: dict | None = None, **kwargs) -> str:
+        """Save this pipeline with a model card into a temporary folder and upload it.
+
+        For a training output folder (with its split, ``training_summary.json`` and sample grid) prefer
+        :func:`vqvae_transformer.hub.push_to_hub` on the folder itself; this method uploads the weights and
+        configs only.
+
+        Args:
+            repo_id: ``org/name`` on the Hub (created if missing).
+            commit_message: commit message.
+            private: create the repo private.
+            token: Hub token (defaults to the stored login).
+            summary: optional figures for the model card (see :func:`vqvae_transformer.hub.write_model_card`).
+
+        Returns:
+            The commit URL.
+        """
+        from .. import hub
+
+        if kwargs:
+            raise UserInputError(f"push_to_hub does not take {sorted(kwargs)}; see vqvae_transformer.hub.push_to_hub")
+        with tempfile.TemporaryDirectory(prefix="vqvae_transformer_push_") as tmp:
+            self.save_pretrained(tmp)
+            hub.write_model_card(tmp, summary=summary)
+            return hub.push_to_hub(tmp, repo_id, token=token, private=bool(private),
+                                   commit_message=commit_message or hub.DEFAULT_COMMIT_MESSAGE)
+
+
+def tensor_to_pil(pixels: torch.Tensor) -> list[PIL.Image.Image]:
+    """``[N, C, R, R]`` floats in [0, 1] -> PIL images, mode ``"L"`` for C = 1 and ``"RGB"`` for C = 3."""
+    if pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
+        raise ValueError(f"expected [N, 1 or 3, R, R] pixels, got {tuple(pixels.shape)}")
+    array = (pixels * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, R, R, C)
+    if array.shape[-1] == 1:
+        return [PIL.Image.fromarray(image[..., 0]) for image in array]  # uint8 (R, R) -> mode "L"
+    return [PIL.Image.fromarray(image) for image in array]  # uint8 (R, R, 3) -> mode "RGB"
+
+
+def _describe_ids(ids: Sequence[int]) -> str:
+    """``1..31`` for a contiguous run, else the list."""
+    ids = list(ids)
+    if ids and ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) > 2:
+        return f"{ids[0]}..{ids[-1]}"
+    return str(ids)
