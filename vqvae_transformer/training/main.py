@@ -136,6 +136,8 @@ def train(args: argparse.Namespace) -> dict:
                               "train_images": len(train_idx), "val_images": len(val_idx),
                               "resolution": data.resolution, "channels": data.channels}}
     first_stage, finished = _run_stage1(args, accelerator, data, train_idx, val_idx, summary)
+    if finished and accelerator.is_main_process:
+        _write_summary(output_dir, summary)  # stage 1's figures survive an interruption of stage 2
     if finished and not args.skip_prior:
         prior, finished = _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summary)
         if finished and accelerator.is_main_process:

@@ -1,0 +1,25 @@
+"""Test-session settings: tiny tensors run faster on one thread, and the simulated data cache is private."""
+
+import os
+
+# Set before torch starts its thread pools (subprocesses of the CLI tests inherit them too).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_cache(tmp_path_factory):
+    """Simulated datasets of this test session go to a temporary cache, not the user's."""
+    cache = tmp_path_factory.mktemp("vqvae_transformer_cache")
+    previous = os.environ.get("VQVAE_TRANSFORMER_CACHE")
+    os.environ["VQVAE_TRANSFORMER_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("VQVAE_TRANSFORMER_CACHE", None)
+    else:
+        os.environ["VQVAE_TRANSFORMER_CACHE"] = previous

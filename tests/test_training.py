@@ -1,0 +1,122 @@
+"""End-to-end runs of the real training CLIs on 3 simulated users with tiny settings: outputs, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+DATA = ["--num_users", "3", "--samples_per_user", "8", "--resolution", "32"]
+VQVAE = ["--block_out_channels", "8", "8", "16", "--latent_channels", "8", "--codebook_size", "32",
+         "--codebook_dim", "4", "--batch_size", "8", "--lpips", "off"]
+PRIOR = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2"]
+
+
+def run(args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=os.environ.copy(), **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(next(path.glob("*.safetensors")))
+
+
+def test_stage1_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+    common = ["-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE, "--vqvae_steps", "6",
+              "--checkpointing_steps", "2", "--eval_steps", "3"]
+    run([*common, "--output_dir", str(tmp_path / "full")])
+    cut = tmp_path / "cut"
+    run([*common, "--output_dir", str(cut), "--stop_after_steps", "vqvae:3"])  # dies after step 3, last ckpt at 2
+    assert not (cut / "vqvae").exists()
+    assert sorted(p.name for p in (cut / "checkpoints" / "vqvae").iterdir()) == ["checkpoint-2"]
+    resumed = run([*common, "--output_dir", str(cut), "--resume_from_checkpoint", "latest"])
+    assert "at step 2" in resumed.stderr
+    full, again = weights(tmp_path / "full" / "vqvae"), weights(cut / "vqvae")
+    assert full.keys() == again.keys()
+    for key in full:
+        assert torch.equal(full[key], again[key]), key
+    summary = json.loads((cut / "stage1_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["final"]["codebook_usage"] > 0
+    for figure in ("vqvae_reconstructions.png", "vqvae_codebook_usage.png", "vqvae_curves.png"):
+        assert (cut / "figures" / figure).is_file()
+
+
+def test_stage1_survives_a_real_kill(tmp_path):
+    args = ["-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE, "--vqvae_steps", "60",
+            "--checkpointing_steps", "2", "--eval_steps", "60", "--output_dir", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "checkpoints" / "vqvae"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (checkpoints / "checkpoint-2").is_dir() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.iterdir() if p.name.startswith("checkpoint-"))
+    if killed_at == 60:
+        pytest.skip("the run finished before it could be killed")
+    resumed = run([*args, "--resume_from_checkpoint", "latest"])
+    assert f"at step {killed_at}" in resumed.stderr
+    assert json.loads((tmp_path / "stage1_summary.json").read_text())["steps"] == 60
+    assert not list(checkpoints.glob(".*.tmp"))
+
+
+def test_train_then_generate_end_to_end_with_resume_in_stage2(tmp_path):
+    out = tmp_path / "model"
+    common = ["train_main.py", *DATA, *VQVAE, *PRIOR, "--vqvae_steps", "4", "--prior_steps", "6",
+              "--checkpointing_steps", "2", "--eval_steps", "3", "--output_dir", str(out)]
+    first = run([*common, "--stop_after_steps", "prior:3"])  # stage 1 completes, stage 2 dies at step 3
+    assert any("using the CPU preset" in line for line in first.stderr.splitlines()[:3])
+    assert (out / "vqvae" / "config.json").is_file() and not (out / "prior").exists()
+    stage1_weights = weights(out / "vqvae")
+
+    second = run([*common, "--resume_from_checkpoint", "latest"])
+    assert "stage 1: reusing" in second.stderr
+    assert "at step 2" in second.stderr  # stage 2 continued from its checkpoint
+    assert all(torch.equal(stage1_weights[k], v) for k, v in weights(out / "vqvae").items())  # not retrained
+
+    for name in ("model_index.json", "prior/config.json", "vqvae/config.json", "split.json", "data_info.json",
+                 "training_summary.json", "README.md", "sample_grid.png", "figures/prior_samples.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["vqvae"]["final"]["codebook_usage"] > 0 and summary["prior"]["final_val_loss"] > 0
+    assert summary["data"]["user_ids"] == [1, 2, 3]
+
+    gen = tmp_path / "generated"
+    for target in (gen, tmp_path / "again"):
+        run(["generate_main.py", "--model_dir", str(out), "--output_dir", str(target), "--samples_per_user", "2",
+             "--seed", "3"])
+    for user in (1, 2, 3):
+        files = sorted((gen / f"ID_{user}").glob("*.png"))
+        assert len(files) == 2
+        for f in files:
+            assert f.read_bytes() == (tmp_path / "again" / f"ID_{user}" / f.name).read_bytes()
+    assert (gen / "grid.png").is_file() and (gen / "generation_info.json").is_file()
+
+
+def test_bad_flags_exit_2_with_one_line(tmp_path):
+    cases = [
+        (["--n_embd", "30", "--n_head", "4"], "--n_embd 30"),
+        (["--data_dir", str(tmp_path / "missing")], "missing"),
+        (["--vqvae_steps", "0"], "--vqvae_steps"),
+        (["--push_to_hub"], "--hub_model_id"),
+        (["--no_such_flag"], "no_such_flag"),
+    ]
+    for extra, needle in cases:
+        result = run(["train_main.py", "--output_dir", str(tmp_path / "o"), *extra], check=False)
+        assert result.returncode == 2, (extra, result.stderr[-2000:])
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error:") and needle in last, (extra, last)
+        assert "Traceback" not in result.stderr
