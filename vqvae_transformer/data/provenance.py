@@ -34,6 +34,8 @@ def save_data_info(output_dir: str | Path, data: SpectrogramData, **load_kwargs)
     if info["data_dir"] is not None:
         info["data_dir"] = str(Path(info["data_dir"]).resolve())
     info["num_users"] = data.num_users  # the first N users again, whatever the flag was
+    if data.source.startswith("simulated:"):
+        info["simulated_dir"] = data.source.split(":", 1)[1]
     info.update(source=data.source, user_ids=list(data.user_ids), channels=data.channels,
                 resolution=data.resolution, num_images=len(data))
     path = Path(output_dir) / DATA_INFO_FILE
@@ -60,7 +62,13 @@ def load_model_data(model_dir: str | Path) -> tuple[SpectrogramData, list[int], 
         ``(data, train_indices, val_indices)``.
     """
     info = read_data_info(model_dir)
-    data = load_training_data(**{key: info.get(key) for key in _LOAD_KEYS if info.get(key) is not None})
+    kwargs = {key: info.get(key) for key in _LOAD_KEYS if info.get(key) is not None}
+    simulated = info.get("simulated_dir")
+    if simulated and Path(simulated).is_dir():  # read the cached simulation; re-simulate only if it was deleted
+        kwargs.update(data_dir=simulated)
+        kwargs.pop("samples_per_user", None)
+        kwargs.pop("seed", None)
+    data = load_training_data(**kwargs)
     split_path = Path(model_dir) / SPLIT_FILE
     if not split_path.is_file():
         raise UserInputError(f"{split_path} is missing: retrain with train_main.py or pass --real_data_dir")
