@@ -34,10 +34,20 @@ from vqvae_transformer.training.train_vqvae import random_time_shift, reconstruc
 VARIANTS = ("stock", "vqp", "vqp-cos8", "ours")
 
 
+def ours_settings(**overrides) -> dict:
+    """Our quantizer's settings: the CPU preset's, with ``overrides`` (None values ignored)."""
+    p = CPU_PRESET
+    settings = dict(beta=p["commitment_beta"], decay=p["ema_decay"], codebook_dim=p["codebook_dim"],
+                    use_l2_norm=p["use_l2_norm"], dead_code_threshold=p["dead_code_threshold"],
+                    restart_sampling=p["restart_sampling"])
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
 class QuantizerAdapter(nn.Module):
     """Uniform ``[B, C, H, W] -> (z_q [B, C, H, W], loss, indices [B, H, W])`` over the three implementations."""
 
-    def __init__(self, kind: str, dim: int, codebook_size: int):
+    def __init__(self, kind: str, dim: int, codebook_size: int, ours: dict | None = None):
         super().__init__()
         self.kind = kind
         if kind == "stock":
@@ -52,10 +62,7 @@ class QuantizerAdapter(nn.Module):
                                        threshold_ema_dead_code=2, commitment_weight=0.25, accept_image_fmap=True,
                                        **extra)
         elif kind == "ours":
-            p = CPU_PRESET
-            self.impl = EMAVectorQuantizer(codebook_size, dim, beta=p["commitment_beta"], decay=p["ema_decay"],
-                                           codebook_dim=p["codebook_dim"], use_l2_norm=p["use_l2_norm"],
-                                           dead_code_threshold=p["dead_code_threshold"])
+            self.impl = EMAVectorQuantizer(codebook_size, dim, **(ours or ours_settings()))
         else:
             raise ValueError(f"unknown variant {kind!r}; choose from {VARIANTS}")
 
@@ -70,7 +77,7 @@ class QuantizerAdapter(nn.Module):
 class BenchAutoencoder(nn.Module):
     """A diffusers VQModel's encoder/decoder around an interchangeable quantizer."""
 
-    def __init__(self, kind: str, codebook_size: int, seed: int):
+    def __init__(self, kind: str, codebook_size: int, seed: int, ours: dict | None = None):
         super().__init__()
         torch.manual_seed(seed)  # identical backbone initialisation for every variant
         p = CPU_PRESET
@@ -80,7 +87,7 @@ class BenchAutoencoder(nn.Module):
                                 layers_per_block=1, latent_channels=p["latent_channels"],
                                 num_vq_embeddings=codebook_size, norm_num_groups=32)
         torch.manual_seed(seed + 1)
-        self.quantizer = QuantizerAdapter(kind, p["latent_channels"], codebook_size)
+        self.quantizer = QuantizerAdapter(kind, p["latent_channels"], codebook_size, ours)
 
     def forward(self, x: torch.Tensor):
         h = self.backbone.quant_conv(self.backbone.encoder(x))  # (B, C, h, w)
@@ -106,7 +113,9 @@ def evaluate(model: BenchAutoencoder, images: torch.Tensor, codebook_size: int, 
 
 
 def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> dict:
-    model = BenchAutoencoder(kind, args.codebook_size, args.seed).train()
+    ours = ours_settings(decay=args.ours_decay, dead_code_threshold=args.ours_threshold,
+                         restart_sampling=args.ours_sampling)
+    model = BenchAutoencoder(kind, args.codebook_size, args.seed, ours).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
@@ -121,7 +130,8 @@ def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> di
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     seconds = time.time() - start
-    return {"variant": kind, **evaluate(model, val, args.codebook_size), "sec_per_step": seconds / args.steps}
+    label = kind if kind != "ours" else f"ours(d={ours['decay']},t={ours['dead_code_threshold']},{ours['restart_sampling'][0]})"
+    return {"variant": label, **evaluate(model, val, args.codebook_size), "sec_per_step": seconds / args.steps}
 
 
 def main() -> None:
@@ -134,6 +144,10 @@ def main() -> None:
     parser.add_argument("--num_users", type=int, default=31)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--ours_decay", type=float, default=None, help="override the preset's EMA decay")
+    parser.add_argument("--ours_threshold", type=float, default=None, help="override the dead-code threshold")
+    parser.add_argument("--ours_sampling", choices=("error", "uniform"), default=None,
+                        help="override how dead codes are re-seeded")
     args = parser.parse_args()
 
     data = load_training_data(resolution=CPU_PRESET["resolution"], num_users=args.num_users,
@@ -149,10 +163,10 @@ def main() -> None:
         r = rows[-1]
         print(f"  {kind}: usage {r['codebook_usage']:.3f}, PSNR {r['psnr']:.2f} dB ({r['sec_per_step']:.2f} s/step)",
               flush=True)
-    header = f"{'variant':<10} {'usage':>7} {'norm_ent':>8} {'top_share':>9} {'psnr_dB':>8} {'ssim':>6} {'s/step':>7}"
+    header = f"{'variant':<22} {'usage':>7} {'norm_ent':>8} {'top_share':>9} {'psnr_dB':>8} {'ssim':>6} {'s/step':>7}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['variant']:<10} {r['codebook_usage']:>7.3f} {r['normalized_entropy']:>8.3f} "
+        print(f"{r['variant']:<22} {r['codebook_usage']:>7.3f} {r['normalized_entropy']:>8.3f} "
               f"{r['top_code_share']:>9.4f} {r['psnr']:>8.2f} {r['ssim']:>6.3f} {r['sec_per_step']:>7.2f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -69,9 +69,10 @@ def test_ema_update_equals_hand_computation():
     assert int(q.num_updates) == 1
 
 
-def test_dead_codes_are_restarted_from_encoder_outputs():
+@pytest.mark.parametrize("sampling", ["error", "uniform"])
+def test_dead_codes_are_restarted_from_encoder_outputs(sampling):
     torch.manual_seed(0)
-    q = EMAVectorQuantizer(4, 2, dead_code_threshold=0.5, decay=0.9, use_l2_norm=False)
+    q = EMAVectorQuantizer(4, 2, dead_code_threshold=0.5, decay=0.9, use_l2_norm=False, restart_sampling=sampling)
     codes = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [50.0, 50.0]])
     _ready(q, codes, counts=torch.tensor([5.0, 5.0, 5.0, 0.1]))  # code 3 is dead
     z = torch.tensor([[0.1, 0.1], [0.9, 0.1], [0.1, 0.9], [7.0, -7.0]]).t().reshape(1, 2, 1, 4)
@@ -79,9 +80,17 @@ def test_dead_codes_are_restarted_from_encoder_outputs():
     assert q.last_stats.restarted_codes == 1
     inputs = z.reshape(2, 4).t()
     assert any(torch.allclose(q.embed[3], v) for v in inputs)
-    # the far-away input (worst quantisation error) is by far the most likely pick
     assert q.cluster_size[3] == pytest.approx(0.5)
     assert torch.allclose(q.embed_sum[3], q.embed[3] * 0.5)
+
+
+def test_error_weighted_restarts_pick_the_worst_quantised_vector():
+    q = EMAVectorQuantizer(3, 2, dead_code_threshold=0.5, use_l2_norm=False, restart_sampling="error")
+    _ready(q, torch.tensor([[0.0, 0.0], [1.0, 1.0], [9.0, 9.0]]), counts=torch.tensor([5.0, 5.0, 0.0]))
+    far = torch.tensor([-1000.0, 1000.0])
+    z = torch.stack([torch.zeros(2), torch.ones(2), far]).t().reshape(1, 2, 1, 3)  # (B, C, H, W)
+    q.train()(z)
+    assert torch.allclose(q.embed[2], far)  # its error dwarfs the others: picked with probability ~1
 
 
 def test_restarts_keep_the_codebook_alive_when_the_data_moves():
@@ -158,6 +167,8 @@ def test_bad_arguments_name_the_value():
         EMAVectorQuantizer(8, 4, decay=1.5)
     with pytest.raises(ValueError, match="codebook_dim"):
         EMAVectorQuantizer(8, 4, codebook_dim=16)
+    with pytest.raises(ValueError, match="restart_sampling"):
+        EMAVectorQuantizer(8, 4, restart_sampling="random")
     with pytest.raises(ValueError, match="latent channels"):
         EMAVectorQuantizer(8, 4)(torch.randn(1, 3, 2, 2))
 

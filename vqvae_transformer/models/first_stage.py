@@ -50,7 +50,7 @@ def _quantizer_from_config(cfg, channels: int) -> EMAVectorQuantizer:
     return EMAVectorQuantizer(
         n_e=cfg.num_vq_embeddings, vq_embed_dim=channels, beta=cfg.commitment_beta, decay=cfg.ema_decay,
         codebook_dim=cfg.codebook_dim, use_l2_norm=cfg.use_l2_norm, dead_code_threshold=cfg.dead_code_threshold,
-        kmeans_init=cfg.kmeans_init, sane_index_shape=True,
+        kmeans_init=cfg.kmeans_init, sane_index_shape=True, restart_sampling=cfg.restart_sampling,
     )
 
 
@@ -131,6 +131,7 @@ class VQFirstStage(FirstStageMixin, VQModel):
         use_l2_norm: bool = True,
         dead_code_threshold: float = 0.25,
         kmeans_init: bool = True,
+        restart_sampling: str = "error",
         format_version: int = FORMAT_VERSION,
     ):
         super().__init__(
@@ -192,6 +193,7 @@ class KLFirstStage(FirstStageMixin, AutoencoderKL):
         use_l2_norm: bool = True,
         dead_code_threshold: float = 0.25,
         kmeans_init: bool = True,
+        restart_sampling: str = "error",
         kl_weight: float = 1e-6,
         format_version: int = FORMAT_VERSION,
     ):

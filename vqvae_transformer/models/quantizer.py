@@ -135,6 +135,8 @@ class EMAVectorQuantizer(nn.Module):
         kmeans_init: initialise the codebook by k-means on the first training batch (else random samples of it).
         kmeans_iters: Lloyd iterations of that initialisation.
         sane_index_shape: return indices as ``[B, H, W]`` (else flat ``[B*H*W]`` like diffusers' default).
+        restart_sampling: ``"error"`` re-seeds dead codes from encoder outputs drawn in proportion to their
+            quantisation error, ``"uniform"`` draws them uniformly (following the data density).
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class EMAVectorQuantizer(nn.Module):
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         sane_index_shape: bool = True,
+        restart_sampling: str = "error",
     ):
         super().__init__()
         codebook_dim = codebook_dim or vq_embed_dim
@@ -162,6 +165,8 @@ class EMAVectorQuantizer(nn.Module):
             raise ValueError(f"decay must lie in (0, 1), got {decay}")
         if codebook_dim > vq_embed_dim:
             raise ValueError(f"codebook_dim ({codebook_dim}) must not exceed vq_embed_dim ({vq_embed_dim})")
+        if restart_sampling not in ("error", "uniform"):
+            raise ValueError(f"restart_sampling must be 'error' or 'uniform', got {restart_sampling!r}")
         if dead_code_threshold < 0:
             raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold}")
         self.n_e = n_e
@@ -176,6 +181,7 @@ class EMAVectorQuantizer(nn.Module):
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
         self.sane_index_shape = sane_index_shape
+        self.restart_sampling = restart_sampling
         self.legacy = False  # diffusers attribute: our loss is the correct (non-swapped) one
 
         if codebook_dim < vq_embed_dim:
@@ -266,9 +272,11 @@ class EMAVectorQuantizer(nn.Module):
         num_dead = int(dead.sum().item())
         if num_dead == 0:
             return 0
-        # Sample replacements in proportion to the quantisation error: new codes go where reconstruction is worst.
-        error = (z_e - self.embed[indices]).pow(2).sum(1) + 1e-12  # (N,)
-        pick = torch.multinomial(error, num_dead, replacement=error.numel() < num_dead)
+        if self.restart_sampling == "error":  # new codes go where the quantisation error is largest
+            weight = (z_e - self.embed[indices]).pow(2).sum(1) + 1e-12  # (N,)
+        else:  # new codes follow the data density
+            weight = torch.ones(z_e.shape[0], device=z_e.device)
+        pick = torch.multinomial(weight, num_dead, replacement=weight.numel() < num_dead)
         fresh = z_e[pick].clone()
         _broadcast(fresh)
         seed_count = max(self.dead_code_threshold, 1e-3)

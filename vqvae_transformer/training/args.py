@@ -56,6 +56,8 @@ def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ema_decay", type=float, default=None, help="EMA decay of the codebook statistics")
     g.add_argument("--dead_code_threshold", type=float, default=None,
                    help="restart codes whose EMA count per step falls below this")
+    g.add_argument("--restart_sampling", choices=("error", "uniform"), default=None,
+                   help="re-seed dead codes from encoder outputs drawn by quantisation error or uniformly")
     g.add_argument("--commitment_beta", type=float, default=None, help="commitment loss weight")
     g.add_argument("--vqvae_steps", type=int, default=None, help="optimiser steps of stage 1")
     g.add_argument("--vqvae_epochs", type=float, default=None, help="epochs of stage 1 (instead of --vqvae_steps)")

@@ -24,6 +24,7 @@ CPU_PRESET: dict = {
     "use_l2_norm": True,
     "ema_decay": 0.95,
     "dead_code_threshold": 0.1,
+    "restart_sampling": "error",
     "commitment_beta": 0.25,
     "vqvae_batch_size": 32,
     "vqvae_steps": 360,

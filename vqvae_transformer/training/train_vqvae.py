@@ -48,6 +48,7 @@ def build_vqvae(args: argparse.Namespace, channels: int, resolution: int):
         latent_channels=args.latent_channels, sample_size=resolution, num_vq_embeddings=args.codebook_size,
         norm_num_groups=groups, codebook_dim=args.codebook_dim, use_l2_norm=args.use_l2_norm,
         ema_decay=args.ema_decay, dead_code_threshold=args.dead_code_threshold,
+        restart_sampling=args.restart_sampling,
         commitment_beta=args.commitment_beta,
     )
 
