@@ -1,0 +1,191 @@
+"""Validation metrics against hand-computed cases, on tiny synthetic users (a bright band at a user's row)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vqvae_transformer.validation import judge as J
+from vqvae_transformer.validation import metrics as M
+
+NUM_CLASSES = 4
+SIZE = 16
+
+
+def banded_images(per_class: int, seed: int, noise: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[K * per_class, 1, 16, 16]`` in [-1, 1]: dark noise plus a bright 2-row band at row 1 + 4k for user k."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)  # [N]
+    images = -0.6 + noise * torch.randn(labels.numel(), 1, SIZE, SIZE, generator=generator)
+    for i, label in enumerate(labels.tolist()):
+        images[i, 0, 1 + 4 * label:3 + 4 * label, :] += 1.4
+    return images.clamp(-1, 1), labels
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_x, train_y = banded_images(12, seed=0)
+    val_x, val_y = banded_images(6, seed=1)
+    fresh_x, fresh_y = banded_images(12, seed=2)
+    return train_x, train_y, val_x, val_y, fresh_x, fresh_y
+
+
+@pytest.fixture(scope="module")
+def judge(data):
+    train_x, train_y = data[0], data[1]
+    return J.train_judge(train_x, train_y, NUM_CLASSES, epochs=25, seed=0, batch_size=16)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The judge
+
+
+def test_judge_learns_the_users(judge, data):
+    _, _, val_x, val_y, _, _ = data
+    assert M.real_test_accuracy(judge, val_x, val_y) >= 0.9
+    assert J.features(judge, val_x).shape == (val_x.shape[0], J.FEATURE_DIM)
+    assert J.predict(judge, val_x).shape == val_y.shape
+
+
+def test_judge_is_deterministic_for_a_seed(data):
+    x, y = data[0][:16], data[1][:16]
+    a = J.train_judge(x, y, NUM_CLASSES, epochs=2, seed=3, batch_size=8, min_steps=0)
+    b = J.train_judge(x, y, NUM_CLASSES, epochs=2, seed=3, batch_size=8, min_steps=0)
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_judge_cache_is_reused_and_a_key_mismatch_retrains(tmp_path, data):
+    x, y = data[0][:16], data[1][:16]
+    paths = [f"img{i}.png" for i in range(16)]
+    quick = dict(epochs=1, batch_size=8, min_steps=0)
+    first = J.load_or_train_judge(x, y, NUM_CLASSES, paths, [], tmp_path, seed=0, **quick)
+    again = J.load_or_train_judge(x, y, NUM_CLASSES, paths, [], tmp_path, seed=0, **quick)
+    assert not first.from_cache and again.from_cache
+    assert torch.equal(J.predict(first, x), J.predict(again, x))
+    other_seed = J.load_or_train_judge(x, y, NUM_CLASSES, paths, [], tmp_path, seed=1, **quick)
+    other_files = J.load_or_train_judge(x, y, NUM_CLASSES, paths[::-1], [], tmp_path, seed=1, **quick)
+    assert not other_seed.from_cache and not other_files.from_cache
+    assert (tmp_path / J.WEIGHTS_FILE).is_file() and (tmp_path / J.KEY_FILE).is_file()
+
+
+def test_augmentation_shifts_time_and_never_flips_doppler():
+    images = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    shifted = J.circular_time_shift(images, torch.Generator().manual_seed(0))
+    # every row keeps its values (a roll along the time axis), so Doppler rows stay in order
+    assert torch.equal(shifted.sort(dim=3).values, images.sort(dim=3).values)
+    moved = J.vertical_translate(images, 1, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape
+    # columns stay increasing downwards: a translation, not a flip
+    assert bool((moved[:, :, 1:, :] - moved[:, :, :-1, :] >= -8).all())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Classification metrics
+
+
+def test_gan_test_is_high_for_true_labels_and_near_chance_for_shuffled(judge, data):
+    fresh_x, fresh_y = data[4], data[5]
+    assert M.gan_test_accuracy(judge, fresh_x, fresh_y) >= 0.9
+    shuffled = fresh_y[torch.randperm(fresh_y.numel(), generator=torch.Generator().manual_seed(0))]
+    chance = 1.0 / NUM_CLASSES
+    assert M.gan_test_accuracy(judge, fresh_x, shuffled) < chance + 0.25
+
+
+def test_cas_is_high_on_well_separated_classes(data):
+    _, _, val_x, val_y, fresh_x, fresh_y = data
+    accuracy, classifier = M.cas_accuracy(fresh_x, fresh_y, val_x, val_y, NUM_CLASSES, epochs=25, seed=0,
+                                          batch_size=16)
+    assert accuracy >= 0.9
+    assert isinstance(classifier, J.Judge)
+
+
+def test_confusion_matrix_and_per_user_accuracy_by_hand():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 1, 0, 2])
+    matrix = M.confusion_matrix(predicted, labels, 4)
+    expected = torch.tensor([[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+    assert torch.equal(matrix, expected)
+    assert int(matrix.sum()) == labels.numel()
+    assert torch.equal(matrix.sum(1)[:3], torch.tensor([2, 2, 2]))
+    assert M.per_user_accuracy(predicted, labels, 4) == [0.5, 1.0, 0.5, None]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distribution distance
+
+
+def test_domain_fid_of_identical_sets_is_zero_and_other_users_are_far(judge, data):
+    _, _, val_x, val_y, fresh_x, fresh_y = data
+    same = M.domain_fid(judge, val_x, val_x.clone())
+    assert abs(same) < 1e-3
+    one_user = fresh_x[fresh_y == 0]
+    assert M.domain_fid(judge, val_x, one_user) > 10 * max(abs(same), 1e-6)
+    floor = M.domain_fid_real(judge, val_x, val_y)
+    assert floor >= 0.0 and math.isfinite(floor)
+
+
+def test_halves_are_disjoint_equal_and_stratified():
+    labels = torch.tensor([0] * 5 + [1] * 4 + [2] * 1)
+    a, b = M.split_in_halves(labels, seed=0)
+    assert a.numel() == b.numel() == 4
+    assert not set(a.tolist()) & set(b.tolist())
+    assert sorted(labels[a].tolist()) == sorted(labels[b].tolist()) == [0, 0, 1, 1]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memorization and diversity
+
+
+def test_memorization_by_hand():
+    train = torch.tensor([[0.0], [10.0]])
+    val = torch.tensor([[1.0], [9.0], [5.0]])  # nearest distances 1, 1, 5 -> 1st percentile 1.0
+    generated = torch.tensor([[0.5], [3.0], [10.0], [6.0]])  # distances 0.5, 3, 0, 4
+    result = M.memorization_rate(generated, train, val)
+    assert result.threshold == pytest.approx(1.0)
+    assert result.flagged.tolist() == [True, False, True, False]
+    assert result.rate == pytest.approx(0.5)
+    assert result.neighbours.tolist() == [0, 0, 1, 1]
+
+
+def test_copying_the_training_set_is_flagged_and_fresh_samples_are_not(judge, data):
+    train_x, _, val_x, _, fresh_x, _ = data
+    f_train, f_val = J.features(judge, train_x), J.features(judge, val_x)
+    copies = M.memorization_rate(J.features(judge, train_x.clone()), f_train, f_val)
+    assert copies.rate == 1.0
+    near_copies = train_x + 1e-3 * torch.randn(train_x.shape, generator=torch.Generator().manual_seed(0))
+    assert M.memorization_rate(J.features(judge, near_copies), f_train, f_val).rate >= 0.9
+    fresh = M.memorization_rate(J.features(judge, fresh_x), f_train, f_val)
+    assert fresh.rate <= 0.25
+
+
+def test_mean_pairwise_distance_by_hand():
+    assert M.mean_pairwise_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
+    # three points on a line 0, 1, 3: pairs 1, 3, 2 -> mean 2
+    assert M.mean_pairwise_distance(torch.tensor([[0.0], [1.0], [3.0]])) == pytest.approx(2.0)
+    assert M.mean_pairwise_distance(torch.zeros(1, 3)) is None
+
+
+def test_diversity_of_a_set_against_itself_is_one_and_of_copies_is_zero(judge, data):
+    _, _, val_x, val_y, _, _ = data
+    f_val = J.features(judge, val_x)
+    ratio, per_user = M.diversity_ratio(f_val, val_y, f_val, val_y)
+    assert ratio == pytest.approx(1.0)
+    assert set(per_user) == set(range(NUM_CLASSES))
+    first_of_each = torch.stack([val_x[val_y == k][0] for k in range(NUM_CLASSES)])  # [K, 1, 16, 16]
+    repeated = first_of_each.repeat_interleave(5, dim=0)  # 5 identical images per user
+    collapsed, _ = M.diversity_ratio(J.features(judge, repeated), torch.arange(NUM_CLASSES).repeat_interleave(5),
+                                     f_val, val_y)
+    assert collapsed == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lpips_is_measured_only_with_pretrained_weights():
+    images = torch.zeros(2, 1, 64, 64)
+    value, reason = M.lpips_distance(images, images)
+    from vqvae_transformer.perceptual import lpips_status
+
+    available, _ = lpips_status()
+    assert (value is not None) == available
+    assert reason

@@ -1,0 +1,20 @@
+"""Validate generated spectrograms against the real data of a trained vqvae_transformer model.
+
+Examples::
+
+    python validate_main.py                                   # outputs/vqvae_transformer + generated_images
+    python validate_main.py --target_user_id 3 --output_dir validation_u3
+    python validate_main.py --real_data_dir other_data --max_memorization 0.02
+
+The logic lives in :mod:`vqvae_transformer.validation`; this script only hands over the flags.
+Exit codes: 0 all thresholds pass, 1 a threshold fails, 2 bad input.
+"""
+
+import sys
+
+from vqvae_transformer.validation.cli import build_parser, main
+
+__all__ = ["build_parser", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())
