@@ -90,6 +90,7 @@ def test_train_then_generate_end_to_end_with_resume_in_stage2(tmp_path):
     for name in ("model_index.json", "prior/config.json", "vqvae/config.json", "split.json", "data_info.json",
                  "training_summary.json", "README.md", "sample_grid.png", "figures/prior_samples.png"):
         assert (out / name).is_file(), name
+    assert "prior validation loss" in (out / "README.md").read_text()
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["vqvae"]["final"]["codebook_usage"] > 0 and summary["prior"]["final_val_loss"] > 0
     assert summary["data"]["user_ids"] == [1, 2, 3]

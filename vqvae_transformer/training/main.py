@@ -107,6 +107,26 @@ def _write_summary(output_dir: Path, summary: dict) -> Path:
     return path
 
 
+def card_figures(summary: dict) -> dict:
+    """The headline figures of a training summary, for the model card (settings stay in the JSON)."""
+    stage1, stage2 = summary.get("vqvae", {}), summary.get("prior", {})
+    final = stage1.get("final", {})
+    figures = {f"first stage {k} (validation split)": final[k] for k in
+               ("codebook_usage", "normalized_entropy", "codebook_perplexity", "top_code_share", "psnr", "ssim")
+               if k in final}
+    figures.update({
+        "first stage steps": stage1.get("steps"), "first stage wall time (s)": stage1.get("seconds"),
+        "prior validation loss": stage2.get("final_val_loss"),
+        "prior validation perplexity": stage2.get("final_val_perplexity"),
+        "prior steps": stage2.get("steps"), "prior wall time (s)": stage2.get("seconds"),
+        "total wall time (s)": summary.get("wall_seconds"), "peak memory (GB)": summary.get("peak_memory_gb"),
+        "users": summary.get("data", {}).get("num_users"),
+        "training / validation images": "{} / {}".format(summary.get("data", {}).get("train_images"),
+                                                         summary.get("data", {}).get("val_images")),
+    })
+    return {k: v for k, v in figures.items() if v is not None}
+
+
 def _save_pipeline(args, first_stage, prior, data, summary: dict) -> VQVAETransformerPipeline:
     """Save the pipeline into OUTPUT_DIR, a sample grid for the card, the summary and the model card."""
     from ..hub import write_model_card
@@ -121,7 +141,7 @@ def _save_pipeline(args, first_stage, prior, data, summary: dict) -> VQVAETransf
     pixels = pipeline(user_ids=shown, num_images_per_user=per_user, seed=args.seed, output_type="pt").images
     make_user_grid(pixels, shown, per_user).save(output_dir / SAMPLE_GRID)
     _write_summary(output_dir, summary)
-    write_model_card(output_dir, repo_id=args.hub_model_id)
+    write_model_card(output_dir, summary=card_figures(summary), repo_id=args.hub_model_id)
     return pipeline
 
 
