@@ -107,6 +107,28 @@ def test_train_then_generate_end_to_end_with_resume_in_stage2(tmp_path):
     assert (gen / "grid.png").is_file() and (gen / "generation_info.json").is_file()
 
 
+def test_val_fraction_zero_trains_on_every_image(tmp_path):
+    result = run(["-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE, "--vqvae_steps", "2",
+                  "--val_fraction", "0", "--output_dir", str(tmp_path)])
+    assert "measured on the training images" in result.stderr
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert len(split["train"]) == 24 and split["val"] == []  # all 3 users x 8 images train
+    assert (tmp_path / "vqvae" / "config.json").is_file()
+
+
+def test_two_cpu_processes_train_with_one_codebook(tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+    result = subprocess.run([*torchrun, "-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE,
+                             "--vqvae_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2",
+                             "--output_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MULTI_CPU, 2 process(es)" in result.stderr
+    assert (tmp_path / "vqvae" / "config.json").is_file()
+    assert (tmp_path / "checkpoints" / "vqvae" / "checkpoint-4").is_dir()
+
+
 def test_bad_flags_exit_2_with_one_line(tmp_path):
     cases = [
         (["--n_embd", "30", "--n_head", "4"], "--n_embd 30"),
@@ -114,6 +136,7 @@ def test_bad_flags_exit_2_with_one_line(tmp_path):
         (["--vqvae_steps", "0"], "--vqvae_steps"),
         (["--push_to_hub"], "--hub_model_id"),
         (["--no_such_flag"], "no_such_flag"),
+        (["--val_fraction", "1"], "--val_fraction"),
     ]
     for extra, needle in cases:
         result = run(["train_main.py", "--output_dir", str(tmp_path / "o"), *extra], check=False)

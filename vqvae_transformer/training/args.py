@@ -39,7 +39,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip_bad_images", action="store_true", help="skip unreadable images (listed in the log) "
                    "instead of stopping")
     g.add_argument("--val_fraction", type=float, default=0.2, help="per-user share of images held out for "
-                   "validation (default 0.2)")
+                   "validation (default 0.2; 0 trains on everything and measures on the training images)")
 
 
 def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
@@ -139,8 +139,8 @@ def validate_args(args: argparse.Namespace) -> None:
             raise UserInputError(f"--{key} must be a positive integer, got {value}")
     if args.data_dir is not None and getattr(args, "dataset_name", None) is not None:
         raise UserInputError(f"give --data_dir ({args.data_dir}) or --dataset_name ({args.dataset_name}), not both")
-    if not 0.0 < args.val_fraction < 1.0:
-        raise UserInputError(f"--val_fraction must lie in (0, 1), got {args.val_fraction}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UserInputError(f"--val_fraction must lie in [0, 1), got {args.val_fraction}")
     for key in ("vqvae_learning_rate", "prior_learning_rate"):
         value = getattr(args, key, None)
         if value is not None and value <= 0:

@@ -25,7 +25,7 @@ def prepare_data(args: argparse.Namespace, reuse_split: bool = True) -> tuple[Sp
     Also writes ``OUTPUT_DIR/data_info.json`` so validation and analysis can reload the same data.
 
     Returns:
-        ``(data, train_indices, val_indices)``.
+        ``(data, train_indices, val_indices)``; ``val_indices`` is empty with ``--val_fraction 0``.
     """
     kwargs = data_kwargs(args)
     data = load_training_data(**kwargs)
@@ -39,6 +39,9 @@ def prepare_data(args: argparse.Namespace, reuse_split: bool = True) -> tuple[Sp
         save_split(split_path, data, train_idx, val_idx, args.seed, args.val_fraction)
         logger.info(f"split {len(data)} images of {data.num_users} users: {len(train_idx)} train, "
                     f"{len(val_idx)} validation (saved to {split_path})")
+    if not val_idx:
+        logger.warning("no validation split (--val_fraction 0): stage metrics and figures are measured on the "
+                       "training images")
     save_data_info(output_dir, data, **kwargs)
     logger.info(f"data: {data.source} — {data.num_users} users {data.user_ids[0]}..{data.user_ids[-1]}, "
                 f"{data.channels} channel(s), {data.resolution} px")

@@ -138,6 +138,8 @@ def make_accelerator(cfg: LoopConfig) -> Accelerator:
     )
     if log_with is not None:
         accelerator.init_trackers(cfg.tracker_name, config=_flat_config(cfg.tracker_config))
+    logger.info(f"accelerate: {accelerator.distributed_type.value}, {accelerator.num_processes} process(es), "
+                f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}", main_process_only=True)
     return accelerator
 
 

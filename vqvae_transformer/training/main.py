@@ -74,7 +74,8 @@ def _run_stage1(args, accelerator, data, train_idx, val_idx, summary: dict):
     if not args.resume_from_checkpoint:
         _clear_stage_checkpoints(output_dir, VQVAE_SUBFOLDER)
     cfg = loop_config(args, VQVAE_SUBFOLDER, len(train_idx))
-    model, stage = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx], accelerator)
+    model, stage = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx or train_idx],
+                                     accelerator)
     summary["vqvae"] = {k: v for k, v in stage.items() if k != "history"}
     return model, stage["finished"]
 
@@ -89,8 +90,9 @@ def _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summar
     if not args.resume_from_checkpoint:
         _clear_stage_checkpoints(output_dir, PRIOR_SUBFOLDER)
     cfg = loop_config(args, PRIOR_SUBFOLDER, len(train_idx))
+    measure_idx = val_idx or train_idx  # --val_fraction 0: measured on the training images
     prior, stage = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
-                                     data.images[val_idx], data.labels[val_idx], data.user_ids, accelerator)
+                                     data.images[measure_idx], data.labels[measure_idx], data.user_ids, accelerator)
     summary["prior"] = {k: v for k, v in stage.items() if k != "history"}
     return prior, stage["finished"]
 

@@ -162,8 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data, train_idx, val_idx = prepare_data(args)
     first_stage = load_first_stage(Path(args.output_dir) / VQVAE_SUBFOLDER)
     cfg = loop_config(args, "prior", len(train_idx))
+    measure_idx = val_idx or train_idx  # --val_fraction 0: measured on the training images
     _, summary = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
-                                   data.images[val_idx], data.labels[val_idx], data.user_ids)
+                                   data.images[measure_idx], data.labels[measure_idx], data.user_ids)
     out = Path(args.output_dir) / "stage2_summary.json"
     out.write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0

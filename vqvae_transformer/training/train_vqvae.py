@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finalize_args(args)
     data, train_idx, val_idx = prepare_data(args, reuse_split=bool(args.resume_from_checkpoint))
     cfg = loop_config(args, "vqvae", len(train_idx))
-    _, summary = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx])
+    _, summary = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx or train_idx])
     out = Path(args.output_dir) / "stage1_summary.json"
     out.write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0

@@ -43,8 +43,10 @@ def tokenizer_metrics(model, images: torch.Tensor, batch_size: int = 64) -> dict
         ``psnr``, ``ssim``, ``codebook_usage``, ``codebook_perplexity``, ``normalized_entropy``,
         ``top_code_share``, ``used_codes`` (see :func:`~vqvae_transformer.models.quantizer.code_statistics`).
     """
-    psnr = PeakSignalNoiseRatio(data_range=1.0)
-    ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+    # Computed by one process (training evaluates on the main process only): no cross-process sync, which
+    # would wait forever for ranks that are not evaluating.
+    psnr = PeakSignalNoiseRatio(data_range=1.0, sync_on_compute=False)
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sync_on_compute=False)
     tokens = encode_tokens(model, images, batch_size)
     for i in range(0, images.shape[0], batch_size):
         recon = model.decode_tokens(tokens[i:i + batch_size].to(next(model.parameters()).device)).float().cpu()
