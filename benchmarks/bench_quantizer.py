@@ -114,7 +114,7 @@ def evaluate(model: BenchAutoencoder, images: torch.Tensor, codebook_size: int, 
 
 def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> dict:
     ours = ours_settings(decay=args.ours_decay, dead_code_threshold=args.ours_threshold,
-                         restart_sampling=args.ours_sampling)
+                         restart_sampling=args.ours_sampling, codebook_dim=args.ours_codebook_dim)
     model = BenchAutoencoder(kind, args.codebook_size, args.seed, ours).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     generator = torch.Generator().manual_seed(args.seed)
@@ -130,7 +130,7 @@ def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> di
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     seconds = time.time() - start
-    label = kind if kind != "ours" else f"ours(d={ours['decay']},t={ours['dead_code_threshold']},{ours['restart_sampling'][0]})"
+    label = kind if kind != "ours" else f"ours(d={ours['decay']},t={ours['dead_code_threshold']},{ours['restart_sampling'][0]},c={ours['codebook_dim']})"
     return {"variant": label, **evaluate(model, val, args.codebook_size), "sec_per_step": seconds / args.steps}
 
 
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--ours_decay", type=float, default=None, help="override the preset's EMA decay")
     parser.add_argument("--ours_threshold", type=float, default=None, help="override the dead-code threshold")
+    parser.add_argument("--ours_codebook_dim", type=int, default=None, help="override the lookup dimension")
     parser.add_argument("--ours_sampling", choices=("error", "uniform"), default=None,
                         help="override how dead codes are re-seeded")
     args = parser.parse_args()
