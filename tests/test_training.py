@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,7 +119,11 @@ def test_val_fraction_zero_trains_on_every_image(tmp_path):
 
 def test_two_cpu_processes_train_with_one_codebook(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+    with socket.socket() as sock:  # a free port for the rendezvous (a fixed one may be taken)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(port)]
     result = subprocess.run([*torchrun, "-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE,
                              "--vqvae_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2",
                              "--output_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
