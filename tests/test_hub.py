@@ -33,15 +33,6 @@ TINY_VQ = dict(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=8,
 MAX_REQUESTS = 50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on a loaded 2-core machine make tiny generate() calls ~50x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A saved tiny pipeline with the extras of a training output folder, checkpoints included."""

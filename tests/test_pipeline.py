@@ -31,16 +31,6 @@ def tiny_pipeline(channels: int = 1, kind: str = "vq") -> VQVAETransformerPipeli
     return pipe
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a loaded 2-core machine two threads make generate() ~50x
-    slower (measured); restore the setting for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_pipeline()
