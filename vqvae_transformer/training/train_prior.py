@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 
 from ..figures import save_curves, save_labelled_grid
@@ -121,7 +121,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
     summary = {"finished": finished, "steps": history[-1]["step"] if history else 0,
                "seconds": round(time.time() - start, 1), "token_grid": list(grid), "history": history,
                "parameters": sum(p.numel() for p in prior.parameters())}
-    if finished:
+    if finished and accelerator.is_main_process:  # one process measures and writes the model
         prior.eval()
         summary["final_val_loss"] = validation_loss(prior, val_tokens, val_labels, cfg.batch_size)
         summary["final_val_perplexity"] = math.exp(min(summary["final_val_loss"], 50.0))
@@ -129,6 +129,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
         logger.info(f"stage 2 done: validation loss {summary['final_val_loss']:.3f} (perplexity "
                     f"{summary['final_val_perplexity']:.1f}); saved to {cfg.output_dir / PRIOR_SUBFOLDER}",
                     main_process_only=True)
+    accelerator.wait_for_everyone()
     return prior, summary
 
 
@@ -166,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, summary = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
                                    data.images[measure_idx], data.labels[measure_idx], data.user_ids)
     out = Path(args.output_dir) / "stage2_summary.json"
-    out.write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    if PartialState().is_main_process:
+        out.write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
 
 

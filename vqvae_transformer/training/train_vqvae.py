@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 
 from ..errors import UserInputError
@@ -186,13 +186,14 @@ def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: t
     )
     summary = {"finished": finished, "steps": history[-1]["step"] if history else 0,
                "seconds": round(time.time() - start, 1), "history": history, "lpips_loss": lpips is not None}
-    if finished:
+    if finished and accelerator.is_main_process:  # one process measures and writes the model
         model.eval()
         summary["final"] = tokenizer_metrics(model, val_images, cfg.batch_size)
         save_pretrained_atomic(model, cfg.output_dir / VQVAE_SUBFOLDER)
         logger.info(f"stage 1 done: val PSNR {summary['final']['psnr']:.2f} dB, codebook usage "
                     f"{summary['final']['codebook_usage']:.1%}; saved to {cfg.output_dir / VQVAE_SUBFOLDER}",
                     main_process_only=True)
+    accelerator.wait_for_everyone()
     return model, summary
 
 
@@ -225,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = loop_config(args, "vqvae", len(train_idx))
     _, summary = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx or train_idx])
     out = Path(args.output_dir) / "stage1_summary.json"
-    out.write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    if PartialState().is_main_process:
+        out.write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
 
 
