@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of ID_<k>/ images instead of the simulated default (31 users x 64, 64 px)")
     parser.add_argument("--test_per_user", type=int, default=16,
                         help="held-out real test images per user (default: 16)")
-    parser.add_argument("--vqvae_steps", type=int, default=200, help="stage-1 steps of train_main (default: 200)")
-    parser.add_argument("--prior_steps", type=int, default=500, help="stage-2 steps of train_main (default: 500)")
+    parser.add_argument("--vqvae_steps", type=int, default=400, help="stage-1 steps of train_main (default: 400)")
+    parser.add_argument("--prior_steps", type=int, default=150, help="stage-2 steps of train_main (default: 150)")
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
                         help="train_main preset for every other model setting; resolution stays 64 (default: cpu)")
     parser.add_argument("--guidance_scale", type=float, default=1.0,

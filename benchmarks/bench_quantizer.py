@@ -10,8 +10,8 @@ Trained on the simulated default data (31 users, 64 px, stratified 80/20 split),
 split: codebook_usage, normalized_entropy, top_code_share (share of tokens held by the most used code), PSNR,
 SSIM, seconds per step. The peer is a benchmark-only dependency: ``pip install -r requirements-bench.txt``.
 
-    python benchmarks/bench_quantizer.py                     # 360 steps, batch 32, K = 1024
-    python benchmarks/bench_quantizer.py --steps 40 --variants stock ours   # quick look
+    python -m benchmarks.bench_quantizer                     # the CPU preset's steps and learning rate, batch 32
+    python -m benchmarks.bench_quantizer --steps 40 --variants stock ours   # quick look
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 from diffusers import VQModel
+from diffusers.optimization import get_scheduler
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
@@ -85,7 +86,7 @@ class BenchAutoencoder(nn.Module):
         self.backbone = VQModel(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * n,
                                 up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=p["block_out_channels"],
                                 layers_per_block=1, latent_channels=p["latent_channels"],
-                                num_vq_embeddings=codebook_size, norm_num_groups=32)
+                                num_vq_embeddings=codebook_size, norm_num_groups=min(32, *p["block_out_channels"]))
         torch.manual_seed(seed + 1)
         self.quantizer = QuantizerAdapter(kind, p["latent_channels"], codebook_size, ours)
 
@@ -117,6 +118,9 @@ def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> di
                          restart_sampling=args.ours_sampling, codebook_dim=args.ours_codebook_dim)
     model = BenchAutoencoder(kind, args.codebook_size, args.seed, ours).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    # The training recipe of train_vqvae: linear warm-up over 5 % of the steps, then cosine decay.
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=max(1, args.steps // 20),
+                              num_training_steps=args.steps)
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     start = time.time()
@@ -129,6 +133,7 @@ def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> di
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        scheduler.step()
     seconds = time.time() - start
     label = kind if kind != "ours" else f"ours(d={ours['decay']},t={ours['dead_code_threshold']},{ours['restart_sampling'][0]},c={ours['codebook_dim']})"
     return {"variant": label, **evaluate(model, val, args.codebook_size), "sec_per_step": seconds / args.steps}
@@ -136,10 +141,12 @@ def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=360)
+    parser.add_argument("--steps", type=int, default=CPU_PRESET["vqvae_steps"],
+                        help="optimiser steps per variant (default: the CPU preset's)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--codebook_size", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=CPU_PRESET["vqvae_learning_rate"],
+                        help="peak learning rate (default: the CPU preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_users", type=int, default=31)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)

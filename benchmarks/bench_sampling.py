@@ -1,11 +1,11 @@
 """Sampling benchmark: the pipeline's KV-cached, batched ``generate()`` against a no-cache loop.
 
-Runs side by side in one process, for the CPU preset's token grid (8x8 = 64 tokens) and for 16x16 = 256 tokens,
-with classifier-free guidance off and on. Models have the presets' sizes (speed does not depend on training).
-Images/s include decoding through the first stage.
+Runs side by side in one process, for the presets' token grid (16x16 = 256 tokens) and a smaller 8x8 = 64 tokens,
+with classifier-free guidance off and on. Models have the CPU preset's sizes (speed does not depend on training);
+the first stage is the CPU preset's backbone at the resolution that gives the grid. Images/s include decoding.
 
-    python -m benchmarks.bench_sampling                 # batch 32, prior 6x256
-    python -m benchmarks.bench_sampling --grids 8       # only the CPU preset's grid
+    python -m benchmarks.bench_sampling                 # batch 32, the CPU preset's prior
+    python -m benchmarks.bench_sampling --grids 16      # only the presets' grid
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import torch
 from vqvae_transformer.models.first_stage import build_first_stage
 from vqvae_transformer.models.pipeline import VQVAETransformerPipeline
 from vqvae_transformer.models.prior import build_prior, build_prior_config
-from vqvae_transformer.training.presets import CPU_PRESET, GPU_PRESET
+from vqvae_transformer.training.presets import CPU_PRESET
 
 
 def build_pipeline(grid: int, num_users: int, n_layer: int, n_embd: int, n_head: int) -> VQVAETransformerPipeline:
-    preset = CPU_PRESET if grid == 8 else GPU_PRESET
+    preset = CPU_PRESET
     blocks = preset["block_out_channels"]
     resolution = grid * 2 ** (len(blocks) - 1)
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def images_per_second(pipeline, n: int, batch_size: int, guidance: float, use_ca
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grids", type=int, nargs="+", default=[8, 16], help="token grid sides to measure")
+    parser.add_argument("--grids", type=int, nargs="+", default=[16, 8], help="token grid sides to measure")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_users", type=int, default=31)
     parser.add_argument("--n_layer", type=int, default=CPU_PRESET["n_layer"])

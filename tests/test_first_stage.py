@@ -104,3 +104,18 @@ def test_unknown_kind_and_bad_tokens_raise():
     model = _trained_tiny("vq")
     with pytest.raises(ValueError, match="token ids"):
         model.decode_tokens(torch.full((1, 8, 8), 32))
+
+
+@pytest.mark.parametrize("kind", ["vq", "kl"])
+def test_narrow_blocks_get_a_valid_group_norm_and_the_cpu_preset_grid(kind):
+    """The CPU preset's 16-32-64 blocks: GroupNorm groups default to <= the narrowest block, 64 px -> 16x16."""
+    from vqvae_transformer.training.presets import CPU_PRESET
+
+    blocks = CPU_PRESET["block_out_channels"]
+    model = build_first_stage(kind, block_out_channels=blocks, latent_channels=8, num_vq_embeddings=32,
+                              codebook_dim=4, sample_size=CPU_PRESET["resolution"])
+    assert model.config.norm_num_groups == min(32, *blocks)
+    assert model.token_grid(CPU_PRESET["resolution"]) == (16, 16)
+    explicit = build_first_stage(kind, block_out_channels=(8, 16), norm_num_groups=4, latent_channels=8,
+                                 num_vq_embeddings=32, codebook_dim=4, sample_size=16)
+    assert explicit.config.norm_num_groups == 4

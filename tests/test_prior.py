@@ -1,5 +1,7 @@
 """Tests of the stage-2 prior (tiny GPT-2 models, CPU, a few seconds in all)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -230,6 +232,14 @@ def test_overfit_two_users():
     assert torch.equal(samples, targets[[0, 1, 1, 0]])
     samples = sample_tokens(prior, torch.tensor([0, 1]), temperature=0.05, seed=1)
     assert torch.equal(samples, targets)
+    # The user-token gain: without the user token the first code is at best a coin flip between the two grids
+    # (the rest follows from it), so the null-user loss exceeds the user loss by at least ~log(2) / 9 nats/code.
+    from vqvae_transformer.training.train_prior import validation_loss
+
+    prior.eval()
+    with_user = validation_loss(prior, tokens, labels, batch_size=5)
+    gain = validation_loss(prior, tokens, labels, batch_size=5, null_user=True) - with_user
+    assert with_user < 0.05 and gain > 0.5 * math.log(2) / 9
 
 
 def test_save_load_round_trip(tmp_path):

@@ -94,6 +94,7 @@ def test_train_then_generate_end_to_end_with_resume_in_stage2(tmp_path):
     assert "prior validation loss" in (out / "README.md").read_text()
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["vqvae"]["final"]["codebook_usage"] > 0 and summary["prior"]["final_val_loss"] > 0
+    assert isinstance(summary["prior"]["final_user_token_gain"], float)
     assert summary["data"]["user_ids"] == [1, 2, 3]
 
     gen = tmp_path / "generated"

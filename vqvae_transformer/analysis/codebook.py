@@ -12,9 +12,7 @@ from one user). Every figure is counted from the token indices themselves.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..atomic import write_json_atomic
 from ..data import SpectrogramData, load_image_folder
 from ..data.provenance import load_model_data
 from ..errors import UserInputError
@@ -155,9 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["source"] = data.source if args.data_dir else f"validation split of {model_dir}"
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{REPORT_FILE}.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out / REPORT_FILE)
+    write_json_atomic(out / REPORT_FILE, report)
     if args.plot:
         save_usage_histogram(code_counts(tokens, k), out / "codebook_usage_histogram.png")
         save_heatmap(tokens, data.labels, data.user_ids, k, out / "codebook_user_heatmap.png")

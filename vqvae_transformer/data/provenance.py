@@ -7,9 +7,9 @@ train/validation file lists (:mod:`.splits`). Together they give back the images
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..atomic import write_json_atomic
 from ..errors import UserInputError
 from .default import load_training_data
 from .folder import SpectrogramData
@@ -38,12 +38,7 @@ def save_data_info(output_dir: str | Path, data: SpectrogramData, **load_kwargs)
         info["simulated_dir"] = data.source.split(":", 1)[1]
     info.update(source=data.source, user_ids=list(data.user_ids), channels=data.channels,
                 resolution=data.resolution, num_images=len(data))
-    path = Path(output_dir) / DATA_INFO_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(Path(output_dir) / DATA_INFO_FILE, info)
 
 
 def read_data_info(model_dir: str | Path) -> dict:

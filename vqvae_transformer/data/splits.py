@@ -6,12 +6,12 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..atomic import write_json_atomic
 from ..errors import UserInputError
 from .folder import SpectrogramData
 
@@ -95,26 +95,9 @@ def save_split(
         "train": [data.paths[int(i)] for i in train_idx],
         "val": [data.paths[int(i)] for i in val_idx],
     }
-    _write_json_atomic(path, record)
+    write_json_atomic(path, record, indent=1)
     logger.info("Saved the split (%d train, %d validation) to %s", len(record["train"]), len(record["val"]), path)
     return path
-
-
-def _write_json_atomic(path: pathlib.Path, record: dict) -> None:
-    """Write JSON to a temp file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=1)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
 
 
 def load_split(path: str | os.PathLike, data: SpectrogramData) -> tuple[list[int], list[int]]:

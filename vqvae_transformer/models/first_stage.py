@@ -229,6 +229,8 @@ def build_first_stage(kind: str, **config) -> VQFirstStage | KLFirstStage:
         down, up = _block_types(len(config["block_out_channels"]))
         config.setdefault("down_block_types", down)
         config.setdefault("up_block_types", up)
+        # GroupNorm needs groups <= channels: narrow blocks (16 channels) get one group per channel
+        config.setdefault("norm_num_groups", min(32, *config["block_out_channels"]))
     return cls(**config)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import resource
 import shutil
 import time
@@ -18,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from ..atomic import write_json_atomic
 from ..errors import UserInputError
 from ..models.first_stage import load_first_stage
 from ..models.pipeline import VQVAETransformerPipeline
@@ -103,10 +103,7 @@ def _write_summary(output_dir: Path, summary: dict) -> Path:
     for stage in ("vqvae", "prior"):  # a resumed run keeps the figures of a stage it did not redo
         if stage not in summary and stage in previous:
             summary[stage] = previous[stage]
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, summary)
 
 
 def card_figures(summary: dict) -> dict:
@@ -120,6 +117,7 @@ def card_figures(summary: dict) -> dict:
         "first stage steps": stage1.get("steps"), "first stage wall time (s)": stage1.get("seconds"),
         "prior validation loss": stage2.get("final_val_loss"),
         "prior validation perplexity": stage2.get("final_val_perplexity"),
+        "prior user-token gain (nats/code)": stage2.get("final_user_token_gain"),
         "prior steps": stage2.get("steps"), "prior wall time (s)": stage2.get("seconds"),
         "total wall time (s)": summary.get("wall_seconds"), "peak memory (GB)": summary.get("peak_memory_gb"),
         "users": summary.get("data", {}).get("num_users"),

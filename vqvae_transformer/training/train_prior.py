@@ -51,12 +51,18 @@ class PriorStep:
 
 
 @torch.no_grad()
-def validation_loss(prior, tokens: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    """Mean next-code cross-entropy on held-out token grids, real user tokens (no dropout)."""
+def validation_loss(prior, tokens: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                    null_user: bool = False) -> float:
+    """Mean next-code cross-entropy on held-out token grids, with the real user tokens (or all null tokens).
+
+    ``validation_loss(null_user=True) - validation_loss()`` is the *user-token gain*: how many nats per code the
+    prior draws from knowing the user. Near 0, samples cannot carry the user's identity whatever the tokenizer keeps.
+    """
     vocab = vocabulary_from_config(prior.config)
     total, count = 0.0, 0
+    dropout = 1.0 if null_user else 0.0
     for i in range(0, tokens.shape[0], batch_size):
-        inputs = make_prior_batch(tokens[i:i + batch_size], labels[i:i + batch_size], vocab, user_dropout=0.0)
+        inputs = make_prior_batch(tokens[i:i + batch_size], labels[i:i + batch_size], vocab, user_dropout=dropout)
         inputs = {k: v.to(prior.device) for k, v in inputs.items()}
         n = inputs["input_ids"].shape[0]
         total += float(prior(**inputs).loss) * n
@@ -71,6 +77,7 @@ def make_prior_eval(first_stage, val_tokens: torch.Tensor, val_labels: torch.Ten
 
     def evaluate(prior, step: int, history: list[dict]) -> dict[str, float]:
         loss = validation_loss(prior, val_tokens, val_labels, batch_size)
+        gain = validation_loss(prior, val_tokens, val_labels, batch_size, null_user=True) - loss
         shown = list(range(min(SAMPLE_USERS, len(user_ids))))
         labels = torch.tensor([u for u in shown for _ in range(SAMPLES_PER_USER)])
         tokens = sample_tokens(prior, labels, seed=seed)  # (U*S, h, w)
@@ -78,7 +85,7 @@ def make_prior_eval(first_stage, val_tokens: torch.Tensor, val_labels: torch.Ten
         save_labelled_grid(((images + 1) / 2).clamp(0, 1), [f"ID_{user_ids[u]}" for u in shown], SAMPLES_PER_USER,
                            figures / "prior_samples.png", title=f"prior samples at step {step}")
         save_curves(history, ["loss", "val_loss"], figures / "prior_curves.png")
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "user_token_gain": gain}
 
     return evaluate
 
@@ -125,9 +132,12 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
         prior.eval()
         summary["final_val_loss"] = validation_loss(prior, val_tokens, val_labels, cfg.batch_size)
         summary["final_val_perplexity"] = math.exp(min(summary["final_val_loss"], 50.0))
+        summary["final_user_token_gain"] = validation_loss(prior, val_tokens, val_labels, cfg.batch_size,
+                                                           null_user=True) - summary["final_val_loss"]
         save_pretrained_atomic(prior, cfg.output_dir / PRIOR_SUBFOLDER)
         logger.info(f"stage 2 done: validation loss {summary['final_val_loss']:.3f} (perplexity "
-                    f"{summary['final_val_perplexity']:.1f}); saved to {cfg.output_dir / PRIOR_SUBFOLDER}",
+                    f"{summary['final_val_perplexity']:.1f}, user-token gain {summary['final_user_token_gain']:.4f} "
+                    f"nats/code); saved to {cfg.output_dir / PRIOR_SUBFOLDER}",
                     main_process_only=True)
     accelerator.wait_for_everyone()
     return prior, summary

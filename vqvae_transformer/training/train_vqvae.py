@@ -41,12 +41,11 @@ MAX_EVAL_IMAGES = 512
 
 def build_vqvae(args: argparse.Namespace, channels: int, resolution: int):
     """A fresh first stage from finalized flags (see :mod:`.args`)."""
-    blocks = tuple(args.block_out_channels)
-    groups = min(32, *blocks)
     return build_first_stage(
-        args.first_stage, in_channels=channels, out_channels=channels, block_out_channels=blocks,
-        latent_channels=args.latent_channels, sample_size=resolution, num_vq_embeddings=args.codebook_size,
-        norm_num_groups=groups, codebook_dim=args.codebook_dim, use_l2_norm=args.use_l2_norm,
+        args.first_stage, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(args.block_out_channels), latent_channels=args.latent_channels,
+        sample_size=resolution, num_vq_embeddings=args.codebook_size,
+        codebook_dim=args.codebook_dim, use_l2_norm=args.use_l2_norm,
         ema_decay=args.ema_decay, dead_code_threshold=args.dead_code_threshold,
         restart_sampling=args.restart_sampling,
         commitment_beta=args.commitment_beta,

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 BLOCK_CHANNELS: tuple[int, ...] = (32, 64, 128, 128)
@@ -373,9 +375,7 @@ def save_judge(judge: Judge, folder: str | Path, key: dict) -> Path:
     os.replace(tmp, folder / WEIGHTS_FILE)
     record = {"key": key, "train_seconds": judge.train_seconds, "train_accuracy": judge.train_accuracy,
               "epochs_run": judge.epochs_run}
-    tmp = folder / f".{KEY_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / KEY_FILE)
+    write_json_atomic(folder / KEY_FILE, record, indent=1)
     return folder
 
 

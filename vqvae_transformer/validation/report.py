@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from ..atomic import write_text_atomic
 from ..data import SpectrogramData, load_image_folder, scan_user_folders, stratified_split
 from ..data.folder import DECODE_ERRORS
 from ..data.provenance import DATA_INFO_FILE, load_model_data
@@ -26,7 +26,7 @@ from ..errors import UserInputError
 from ..figures import plt, save_figure, save_labelled_grid, to_unit
 from ..models.first_stage import load_first_stage
 from . import metrics as M
-from .judge import DEFAULT_EPOCHS, Judge, features, load_or_train_judge, predict
+from .judge import DEFAULT_EPOCHS, Judge, accuracy, features, load_or_train_judge, predict
 from .reconstruction import reconstruct, tokenizer_metrics
 
 logger = logging.getLogger(__name__)
@@ -308,11 +308,18 @@ def _fids(judge: Judge, val_x: torch.Tensor, val_y: torch.Tensor, gen_x: torch.T
     return fid, fid_real
 
 
-def first_stage_metrics(model_dir: str | Path, val_images: torch.Tensor, reasons: dict) -> dict:
-    """PSNR, SSIM, codebook statistics and LPIPS of the first stage on the real validation images."""
+def first_stage_metrics(model_dir: str | Path, val_images: torch.Tensor, val_labels: torch.Tensor, judge: Judge,
+                        reasons: dict) -> dict:
+    """PSNR, SSIM, codebook statistics, LPIPS and the judge's accuracy on reconstructions of the validation images.
+
+    ``reconstruction_test_accuracy`` is the ceiling the tokenizer puts on ``gan_test_accuracy``: what the judge
+    still recognises after images pass through the tokens.
+    """
     first_stage = load_first_stage(Path(model_dir) / "vqvae").eval()
     out = tokenizer_metrics(first_stage, val_images)
-    lpips_value, lpips_reason = M.lpips_distance(val_images, reconstruct(first_stage, val_images))
+    recon = reconstruct(first_stage, val_images).clamp(-1, 1)  # (N, C, R, R)
+    out["reconstruction_test_accuracy"] = accuracy(predict(judge, recon), val_labels)
+    lpips_value, lpips_reason = M.lpips_distance(val_images, recon)
     out["lpips"] = lpips_value
     if lpips_value is None:
         reasons["lpips"] = lpips_reason
@@ -400,7 +407,8 @@ def run_validation(
     if cas_epochs is None:  # same optimisation budget as the judge
         cas_epochs = max(1, round(judge_epochs * len(real.train_idx) / max(len(generated), 1)))
     values, reasons, extras = compute_metrics(judge, real, generated, target_label, cas_epochs, seed)
-    values.update(first_stage_metrics(model_dir, real.data.images[real.val_idx], reasons))
+    values.update(first_stage_metrics(model_dir, real.data.images[real.val_idx], real.data.labels[real.val_idx],
+                                      judge, reasons))
 
     checks = check_thresholds(values, thresholds)
     report = _assemble(values, reasons, extras, checks, thresholds, real, generated, judge, target_user_id,
@@ -457,7 +465,7 @@ def _assemble(values: dict, reasons: dict, extras: dict, checks: list[dict], thr
     report = {key: values.get(key) for key in (
         "real_test_accuracy", "gan_test_accuracy", "cas_accuracy", "domain_fid", "domain_fid_real",
         "memorization_rate", "diversity_ratio", "codebook_usage", "codebook_perplexity", "normalized_entropy",
-        "psnr", "ssim", "lpips", "gan_test_ratio", "cas_ratio", "fid_ratio")}
+        "psnr", "ssim", "lpips", "reconstruction_test_accuracy", "gan_test_ratio", "cas_ratio", "fid_ratio")}
     report.update(
         passed=not failed,
         failed=failed,
@@ -587,10 +595,7 @@ def write_report(output_dir: Path, report: dict) -> tuple[Path, Path]:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text + "\n")
 
 
 _METRIC_TEXT = [
@@ -616,6 +621,8 @@ _METRIC_TEXT = [
     ("psnr", "Tokenizer reconstruction PSNR on the validation images (dB, images in [0, 1])."),
     ("ssim", "Tokenizer reconstruction SSIM on the validation images."),
     ("lpips", "Pretrained LPIPS between validation images and their reconstructions (lower is better)."),
+    ("reconstruction_test_accuracy", "Judge accuracy on the tokenizer's reconstructions of the real validation "
+                                     "images: the ceiling the tokenizer puts on gan_test_accuracy."),
 ]
 
 
