@@ -115,7 +115,8 @@ def evaluate(model: BenchAutoencoder, images: torch.Tensor, codebook_size: int, 
 
 def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> dict:
     ours = ours_settings(decay=args.ours_decay, dead_code_threshold=args.ours_threshold,
-                         restart_sampling=args.ours_sampling, codebook_dim=args.ours_codebook_dim)
+                         restart_sampling=args.ours_sampling, codebook_dim=args.ours_codebook_dim,
+                         use_l2_norm=args.ours_l2_norm)
     model = BenchAutoencoder(kind, args.codebook_size, args.seed, ours).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     # The training recipe of train_vqvae: linear warm-up over 5 % of the steps, then cosine decay.
@@ -135,7 +136,9 @@ def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> di
         optimizer.step()
         scheduler.step()
     seconds = time.time() - start
-    label = kind if kind != "ours" else f"ours(d={ours['decay']},t={ours['dead_code_threshold']},{ours['restart_sampling'][0]},c={ours['codebook_dim']})"
+    label = kind if kind != "ours" else (f"ours(d={ours['decay']},t={ours['dead_code_threshold']},"
+                                         f"{ours['restart_sampling'][0]},c={ours['codebook_dim']},"
+                                         f"l2={int(ours['use_l2_norm'])})")
     return {"variant": label, **evaluate(model, val, args.codebook_size), "sec_per_step": seconds / args.steps}
 
 
@@ -154,6 +157,8 @@ def main() -> None:
     parser.add_argument("--ours_decay", type=float, default=None, help="override the preset's EMA decay")
     parser.add_argument("--ours_threshold", type=float, default=None, help="override the dead-code threshold")
     parser.add_argument("--ours_codebook_dim", type=int, default=None, help="override the lookup dimension")
+    parser.add_argument("--ours_l2_norm", action=argparse.BooleanOptionalAction, default=None,
+                        help="override the preset's l2-normalised lookup (--no-ours_l2_norm: Euclidean)")
     parser.add_argument("--ours_sampling", choices=("error", "uniform"), default=None,
                         help="override how dead codes are re-seeded")
     args = parser.parse_args()
@@ -171,10 +176,10 @@ def main() -> None:
         r = rows[-1]
         print(f"  {kind}: usage {r['codebook_usage']:.3f}, PSNR {r['psnr']:.2f} dB ({r['sec_per_step']:.2f} s/step)",
               flush=True)
-    header = f"{'variant':<22} {'usage':>7} {'norm_ent':>8} {'top_share':>9} {'psnr_dB':>8} {'ssim':>6} {'s/step':>7}"
+    header = f"{'variant':<30} {'usage':>7} {'norm_ent':>8} {'top_share':>9} {'psnr_dB':>8} {'ssim':>6} {'s/step':>7}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['variant']:<22} {r['codebook_usage']:>7.3f} {r['normalized_entropy']:>8.3f} "
+        print(f"{r['variant']:<30} {r['codebook_usage']:>7.3f} {r['normalized_entropy']:>8.3f} "
               f"{r['top_code_share']:>9.4f} {r['psnr']:>8.2f} {r['ssim']:>6.3f} {r['sec_per_step']:>7.2f}")
     if args.json:
         with open(args.json, "w") as f:
