@@ -12,6 +12,7 @@ from vqvae_transformer.models.prior import (
     PriorVocabulary,
     build_prior,
     build_prior_config,
+    grid_position_init,
     make_prior_batch,
     prior_loss,
     sample_tokens,
@@ -32,6 +33,22 @@ def random_batch(num_users=3, grid=(3, 3), batch_size=4, seed=0):
     tokens = torch.randint(0, K, (batch_size, *grid), generator=g)  # (B, h, w)
     labels = torch.randint(0, num_users, (batch_size,), generator=g)  # (B,)
     return tokens, labels
+
+
+def test_position_embeddings_start_from_the_token_grid_layout():
+    """Position 1 + r*w + c carries row r in the first half of the channels and column c in the second."""
+    h, w, d = 3, 4, 32
+    prior = tiny_prior(grid=(h, w))
+    wpe = prior.transformer.wpe.weight.detach()  # (1 + h*w, d)
+    assert torch.equal(wpe, grid_position_init(h, w, d, prior.config.initializer_range))
+    assert torch.equal(wpe[0], torch.zeros(d))  # the user token
+    grid = wpe[1:].view(h, w, d)  # row-major, like the codes
+    for r in range(h):
+        for c in range(w):
+            assert torch.equal(grid[r, c, : d // 2], grid[r, 0, : d // 2])  # same row, same row half
+            assert torch.equal(grid[r, c, d // 2 :], grid[0, c, d // 2 :])  # same column, same column half
+    assert not torch.equal(grid[0, 0], grid[1, 0]) and not torch.equal(grid[0, 0], grid[0, 1])
+    assert wpe.abs().max() <= prior.config.initializer_range + 1e-7
 
 
 # --- vocabulary and config -------------------------------------------------------------------------------

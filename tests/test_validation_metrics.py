@@ -82,6 +82,38 @@ def test_augmentation_shifts_time_and_never_flips_doppler():
     assert bool((moved[:, :, 1:, :] - moved[:, :, :-1, :] >= -8).all())
 
 
+def test_random_blur_smooths_without_moving_and_can_be_off():
+    images = torch.zeros(3, 1, 9, 9)
+    images[:, 0, 4, 4] = 1.0  # a point at the centre
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(J.random_blur(images, 1.0, generator, probability=0.0), images)
+    blurred = J.random_blur(images, 1.0, generator, probability=1.0)
+    assert blurred.shape == images.shape
+    assert torch.allclose(blurred.sum(dim=(2, 3)), torch.ones(3, 1), atol=1e-5)  # mass kept (away from edges)
+    assert bool((blurred[:, 0, 4, 4] <= 1.0).all())
+    # symmetric: the centre of mass stays at (4, 4), i.e. no shift and no flip
+    grid = torch.arange(9, dtype=torch.float32)
+    assert torch.allclose((blurred[:, 0].sum(2) * grid).sum(1), torch.full((3,), 4.0), atol=1e-4)
+    assert torch.allclose((blurred[:, 0].sum(1) * grid).sum(1), torch.full((3,), 4.0), atol=1e-4)
+
+
+def test_judge_augments_at_full_resolution_before_downsampling(monkeypatch):
+    """Augmenting after the 2x downsampling only ever showed even-pixel Doppler shifts (judge version 1)."""
+    seen = []
+    original = J.augment
+
+    def spy(images, generator):
+        seen.append(tuple(images.shape[-2:]))
+        return original(images, generator)
+
+    monkeypatch.setattr(J, "augment", spy)
+    x, y = banded_images(4, seed=0)
+    big = torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")  # [N, 1, 64, 64]
+    judge = J.train_judge(big, y, NUM_CLASSES, epochs=1, seed=0, batch_size=8, min_steps=0, input_size=32)
+    assert seen and set(seen) == {(64, 64)}
+    assert J.predict(judge, big).shape == y.shape
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Classification metrics
 

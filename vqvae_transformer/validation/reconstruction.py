@@ -43,16 +43,25 @@ def tokenizer_metrics(model, images: torch.Tensor, batch_size: int = 64) -> dict
         ``psnr``, ``ssim``, ``codebook_usage``, ``codebook_perplexity``, ``normalized_entropy``,
         ``top_code_share``, ``used_codes`` (see :func:`~vqvae_transformer.models.quantizer.code_statistics`).
     """
+    return tokenizer_metrics_and_reconstructions(model, images, batch_size)[0]
+
+
+@torch.no_grad()
+def tokenizer_metrics_and_reconstructions(model, images: torch.Tensor,
+                                          batch_size: int = 64) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`tokenizer_metrics` plus the reconstructions ``[N, C, R, R]`` (float32, CPU, in [-1, 1])."""
     # Computed by one process (training evaluates on the main process only): no cross-process sync, which
     # would wait forever for ranks that are not evaluating.
     psnr = PeakSignalNoiseRatio(data_range=1.0, sync_on_compute=False)
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sync_on_compute=False)
     tokens = encode_tokens(model, images, batch_size)
+    recons = []
     for i in range(0, images.shape[0], batch_size):
         recon = model.decode_tokens(tokens[i:i + batch_size].to(next(model.parameters()).device)).float().cpu()
+        recons.append(recon.clamp(-1, 1))
         target = ((images[i:i + batch_size].float() + 1) / 2).clamp(0, 1)
-        recon = ((recon + 1) / 2).clamp(0, 1)
-        psnr.update(recon, target)
-        ssim.update(recon, target)
+        psnr.update(((recon + 1) / 2).clamp(0, 1), target)
+        ssim.update(((recon + 1) / 2).clamp(0, 1), target)
     stats = code_statistics(code_counts(tokens, model.config.num_vq_embeddings))
-    return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), **stats}
+    metrics = {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), **stats}
+    return metrics, torch.cat(recons)

@@ -27,7 +27,7 @@ from ..figures import plt, save_figure, save_labelled_grid, to_unit
 from ..models.first_stage import load_first_stage
 from . import metrics as M
 from .judge import DEFAULT_EPOCHS, Judge, accuracy, features, load_or_train_judge, predict
-from .reconstruction import reconstruct, tokenizer_metrics
+from .reconstruction import tokenizer_metrics_and_reconstructions
 
 logger = logging.getLogger(__name__)
 
@@ -316,8 +316,7 @@ def first_stage_metrics(model_dir: str | Path, val_images: torch.Tensor, val_lab
     still recognises after images pass through the tokens.
     """
     first_stage = load_first_stage(Path(model_dir) / "vqvae").eval()
-    out = tokenizer_metrics(first_stage, val_images)
-    recon = reconstruct(first_stage, val_images).clamp(-1, 1)  # (N, C, R, R)
+    out, recon = tokenizer_metrics_and_reconstructions(first_stage, val_images)  # recon: (N, C, R, R)
     out["reconstruction_test_accuracy"] = accuracy(predict(judge, recon), val_labels)
     lpips_value, lpips_reason = M.lpips_distance(val_images, recon)
     out["lpips"] = lpips_value
