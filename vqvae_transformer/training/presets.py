@@ -31,14 +31,15 @@ CPU_PRESET: dict = {
     "vqvae_batch_size": 32,
     "vqvae_steps": 700,
     "vqvae_learning_rate": 6e-4,  # 1e-3 stalled at the mean image
-    # Twice the steps at half the batch, same wall time: validation loss 1.95 instead of 2.06 (360 x 32).
+    # Batch 16 (more, smaller steps learn faster here than 32) and no dropout (2x faster steps on CPU): 1300 steps
+    # fit in the time 360 steps of 32 with dropout took.
     "prior_batch_size": 16,
-    "prior_steps": 720,
+    "prior_steps": 1300,
     "prior_learning_rate": 1.5e-3,
     "n_layer": 4,
     "n_embd": 192,
     "n_head": 8,
-    "prior_dropout": 0.1,
+    "prior_dropout": 0.0,  # the prior underfits in this budget (train loss = validation loss)
     "user_dropout": 0.1,
     "mixed_precision": "no",
     "eval_steps": 240,
@@ -59,6 +60,7 @@ GPU_PRESET: dict = {
     "prior_learning_rate": 5e-4,
     "n_layer": 8,
     "n_embd": 512,
+    "prior_dropout": 0.1,
     "n_head": 8,
     "mixed_precision": "bf16",
     "eval_steps": 500,
