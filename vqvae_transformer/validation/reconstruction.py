@@ -60,8 +60,9 @@ def tokenizer_metrics_and_reconstructions(model, images: torch.Tensor,
         recon = model.decode_tokens(tokens[i:i + batch_size].to(next(model.parameters()).device)).float().cpu()
         recons.append(recon.clamp(-1, 1))
         target = ((images[i:i + batch_size].float() + 1) / 2).clamp(0, 1)
-        psnr.update(((recon + 1) / 2).clamp(0, 1), target)
-        ssim.update(((recon + 1) / 2).clamp(0, 1), target)
+        unit = ((recon + 1) / 2).clamp(0, 1)
+        psnr.update(unit, target)
+        ssim.update(unit, target)
     stats = code_statistics(code_counts(tokens, model.config.num_vq_embeddings))
     metrics = {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), **stats}
     return metrics, torch.cat(recons)
