@@ -17,6 +17,7 @@ from typing import Sequence
 
 from vqvae_transformer.cli import run_cli, setup_logging
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR, DEFAULT_OUTPUT_DIR, run_generate_cli
+from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample only among the k most likely codes (default: all codes)")
     parser.add_argument("--top_p", type=float, default=None,
                         help="nucleus sampling threshold in (0, 1] (default: off)")
-    parser.add_argument("--guidance_scale", type=float, default=1.0,
-                        help="classifier-free guidance scale, > 0; 1 disables it, e.g. 2-3 sharpens identity "
-                             "(default: 1.0)")
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                        help="classifier-free guidance scale, > 0; 1 disables it, higher sharpens identity, too "
+                             f"high overshoots (default: {DEFAULT_GUIDANCE_SCALE})")
     parser.add_argument("--batch_size", type=int, default=64,
                         help="sequences sampled per generate() call; the images depend on it (default: 64)")
     parser.add_argument("--seed", type=int, default=0,

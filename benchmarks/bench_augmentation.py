@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from vqvae_transformer.data import SpectrogramData, default_dataset_dir, load_image_folder
+from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE
 from vqvae_transformer.validation.judge import accuracy, predict, train_judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage-2 steps of train_main (default: 300, batch 16 as in the CPU preset)")
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
                         help="train_main preset for every other model setting; resolution stays 64 (default: cpu)")
-    parser.add_argument("--guidance_scale", type=float, default=1.0,
-                        help="generate_main's --guidance_scale (default: 1.0, no guidance)")
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                        help=f"generate_main's --guidance_scale (default: {DEFAULT_GUIDANCE_SCALE}, its own default)")
     parser.add_argument("--classifier_steps", type=int, default=300,
                         help="optimisation steps of each classifier, rounded up to whole epochs (default: 300)")
     parser.add_argument("--threads", type=int, default=0,
@@ -163,11 +164,11 @@ def write_few_shot_folder(data: SpectrogramData, indices: list[int], folder: Pat
 # The generator (subprocesses: the real CLIs)
 
 
-def run_script(command: list[str], log_path: Path, threads: int) -> float:
+def run_script(command: list[str], log_path: Path, threads: int, ok_codes: tuple[int, ...] = (0,)) -> float:
     """Run ``python <command>`` in the repository root, output to ``log_path``; returns its wall seconds.
 
     Raises:
-        subprocess.CalledProcessError: after printing the last lines of the log.
+        subprocess.CalledProcessError: for an exit code outside ``ok_codes``, after printing the last lines of the log.
     """
     env = dict(os.environ)
     if threads:
@@ -175,8 +176,10 @@ def run_script(command: list[str], log_path: Path, threads: int) -> float:
     start = time.perf_counter()
     with open(log_path, "w") as log:
         try:
-            subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, stdout=log,
-                           stderr=subprocess.STDOUT, check=True)
+            done = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+            if done.returncode not in ok_codes:
+                raise subprocess.CalledProcessError(done.returncode, done.args)
         except subprocess.CalledProcessError:
             log.flush()
             lines = log_path.read_text(errors="replace").split("\n")

@@ -196,8 +196,19 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(simulate_mod, "simulate_user_images", failing)
     with pytest.raises(KeyboardInterrupt):
-        simulate_dataset(tmp_path / "out", num_users=3, samples_per_user=1, resolution=16)
+        simulate_dataset(tmp_path / "out", num_users=3, samples_per_user=1, resolution=16, workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parallel_simulation_writes_the_same_files(tmp_path):
+    """Users are simulated by several processes; every file equals the one-process run's."""
+    kwargs = dict(num_users=3, samples_per_user=2, resolution=16, seed=5)
+    one = simulate_dataset(tmp_path / "one", workers=1, **kwargs)
+    two = simulate_dataset(tmp_path / "two", workers=2, **kwargs)
+    files = sorted(f.relative_to(one) for f in one.rglob("*") if f.is_file())
+    assert len(files) == 3 * 2 + 1  # the PNGs and persons.json
+    assert files == sorted(f.relative_to(two) for f in two.rglob("*") if f.is_file())
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,7 @@ def test_train_then_generate_end_to_end_with_resume_in_stage2(tmp_path):
     assert summary["vqvae"]["final"]["codebook_usage"] > 0 and summary["prior"]["final_val_loss"] > 0
     assert isinstance(summary["prior"]["final_user_token_gain"], float)
     assert summary["data"]["user_ids"] == [1, 2, 3]
+    assert json.loads((out / "prior" / "config.json").read_text())["token_order"] == "column"  # the preset's
 
     gen = tmp_path / "generated"
     for target in (gen, tmp_path / "again"):

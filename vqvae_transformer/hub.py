@@ -166,7 +166,7 @@ def write_model_card(model_dir: str | Path, summary: dict | None = None,
         "```python\n"
         "from vqvae_transformer.models.pipeline import VQVAETransformerPipeline\n\n"
         f'pipe = VQVAETransformerPipeline.from_pretrained("{repo}")\n'
-        f"out = pipe(user_ids={first_ids}, num_images_per_user=4, seed=0, guidance_scale=1.0)\n"
+        f"out = pipe(user_ids={first_ids}, num_images_per_user=4, seed=0)\n"
         "out.images[0].save(\"sample.png\")  # out.user_ids[i] is the person of out.images[i]\n"
         "```\n\n"
         "From the command line (writes `ID_<k>/gen_0000.png …`, `grid.png`, `generation_info.json`):\n\n"

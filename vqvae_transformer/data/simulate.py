@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import pathlib
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Sequence
 
 import numpy as np
@@ -139,6 +141,7 @@ def simulate_dataset(
     seed: int = 0,
     colormap: str = "gray",
     show_progress: bool = False,
+    workers: int | None = None,
 ) -> pathlib.Path:
     """Simulate the dataset and move it atomically into ``output_dir``.
 
@@ -151,6 +154,8 @@ def simulate_dataset(
         seed: seed of the persons' traits and of the recording nuisances.
         colormap: "gray" (PNG mode L) or "jet" (RGB).
         show_progress: show a tqdm bar over users.
+        workers: processes simulating users in parallel (default: one per CPU core, at most one per user); the
+            files do not depend on it.
 
     Returns:
         The dataset folder as a resolved path.
@@ -172,28 +177,53 @@ def simulate_dataset(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
-        _simulate_into(staging, parameters, show_progress)
+        _simulate_into(staging, parameters, show_progress, workers)
         return _move_into_place(staging, output, parameters)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _simulate_into(staging: pathlib.Path, parameters: dict, show_progress: bool) -> None:
-    """Simulate every user into ``staging`` (one folder per user, then persons.json last)."""
+def _simulate_into(staging: pathlib.Path, parameters: dict, show_progress: bool, workers: int | None) -> None:
+    """Simulate every user into ``staging`` (one folder per user, then persons.json last).
+
+    Users are independent (each has its own seeded generator), so they are simulated by one process per CPU core;
+    the files are the same whatever the number of processes.
+    """
     from tqdm.auto import tqdm
 
     persons = draw_persons(parameters["num_users"], parameters["seed"])
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(persons)))
     logger.info(
-        "simulating %d users × %d spectrograms at %d px into %s",
-        len(persons), parameters["samples_per_user"], parameters["resolution"], staging,
+        "simulating %d users × %d spectrograms at %d px into %s (%d processes)",
+        len(persons), parameters["samples_per_user"], parameters["resolution"], staging, workers,
     )
-    for person in tqdm(persons, desc="simulating users", unit="user", disable=not show_progress):
-        images = simulate_user_images(
-            person, parameters["samples_per_user"], parameters["resolution"], parameters["seed"], parameters["colormap"]
-        )
-        _write_user(staging / f"ID_{person.user_id}", images)
+    progress = tqdm(total=len(persons), desc="simulating users", unit="user", disable=not show_progress)
+    if workers == 1:
+        for person in persons:
+            _simulate_user_into(staging, person, parameters)
+            progress.update()
+    else:  # spawn, not fork: the parent may hold torch/OpenMP threads that a forked child would inherit half-made
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_simulate_user_into, staging, person, parameters) for person in persons]
+            try:
+                for done in as_completed(futures):
+                    done.result()  # re-raises a worker's error
+                    progress.update()
+            except BaseException:  # stop queued users now, so the caller's clean-up does not wait for them
+                for future in futures:
+                    future.cancel()
+                raise
+    progress.close()
     _write_persons(staging, parameters, persons)
+
+
+def _simulate_user_into(staging: pathlib.Path, person: PersonTraits, parameters: dict) -> None:
+    """Simulate one user's recordings and write them to ``staging/ID_<k>`` (a worker process's job)."""
+    images = simulate_user_images(
+        person, parameters["samples_per_user"], parameters["resolution"], parameters["seed"], parameters["colormap"]
+    )
+    _write_user(staging / f"ID_{person.user_id}", images)
 
 
 def _move_into_place(staging: pathlib.Path, output: pathlib.Path, parameters: dict) -> pathlib.Path:

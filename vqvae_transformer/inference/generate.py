@@ -30,7 +30,7 @@ import torch
 from torchvision.utils import make_grid
 
 from ..errors import UserInputError
-from ..models.pipeline import VQVAETransformerPipeline, tensor_to_pil
+from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, VQVAETransformerPipeline, tensor_to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def generate_to_folder(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    guidance_scale: float = 1.0,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     batch_size: int = 64,
     seed: int = 0,
     model_dir: str | None = None,

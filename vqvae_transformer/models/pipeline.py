@@ -38,6 +38,11 @@ from .prior import sample_tokens, vocabulary_from_config
 
 logger = logging.getLogger(__name__)
 
+# Classifier-free guidance of generate_main and the pipeline unless told otherwise. On the default data (CPU
+# preset, column order), the judge recognised 0.43 of the samples without guidance, 0.59 at 2, 0.54 at 3 and 0.31
+# at 5: strong guidance overshoots into images no real user makes.
+DEFAULT_GUIDANCE_SCALE = 2.0
+
 __all__ = ["FORMAT_VERSION", "VQVAETransformerPipeline", "VQVAETransformerPipelineOutput", "resolve_model_folder"]
 
 FORMAT_VERSION = 1
@@ -281,7 +286,7 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         generator: torch.Generator | None = None,
         seed: int | None = None,
         batch_size: int = 64,
@@ -305,7 +310,8 @@ class VQVAETransformerPipeline(DiffusionPipeline):
             temperature: softmax temperature (> 0).
             top_k: keep the k most likely codes (None: all).
             top_p: nucleus threshold in (0, 1] (None: off).
-            guidance_scale: classifier-free guidance (1 = off; the unconditional branch is the null user).
+            guidance_scale: classifier-free guidance (1 = off; the unconditional branch is the null user). The
+                default, :data:`DEFAULT_GUIDANCE_SCALE`, costs two prior passes per token.
             generator: a ``torch.Generator`` to draw the base seed from when ``seed`` is None.
             seed: base seed; wins over ``generator``. Without either, the base seed comes from the global RNG.
             batch_size: sequences per ``generate()`` call (> 0).

@@ -6,7 +6,12 @@ Vocabulary (DESIGN.md §3 "Prior vocabulary")::
     K + label       one token per user (label = 0-based user index, 0 <= label < N)
     K + N           the null-user token, used for classifier-free-guidance dropout
 
-A training sequence is ``[user_token, c_1, ..., c_T]`` with ``T = h * w`` codes in row-major order.
+A training sequence is ``[user_token, c_1, ..., c_T]`` with the ``T = h * w`` codes of the first stage's
+row-major grid read in the prior's ``token_order`` (saved in its config): ``"column"`` (the default) reads
+the grid column by column, so a spectrogram (Doppler vertical, time horizontal) is written in time order,
+one Doppler profile after the other; ``"row"`` reads it row by row (priors saved without the attribute).
+On the default data at the CPU preset's budget, column order cut the validation loss from 1.71 to 1.50
+nats/code and raised the judge's recognition of samples from 0.32 to 0.43 (0.54 with guidance 3).
 The loss is on the code positions only: ``labels`` equals ``input_ids`` with position 0 set to -100 and
 ``GPT2LMHeadModel`` shifts the labels itself, so the logits at the user position predict ``c_1`` and the
 logits at ``c_i`` predict ``c_{i+1}``. Nothing here shifts a second time.
@@ -38,22 +43,32 @@ __all__ = [
     "make_prior_batch",
     "prior_loss",
     "sample_tokens",
+    "TOKEN_ORDERS",
+    "grid_to_sequence",
+    "sequence_to_grid",
+    "token_order_of",
 ]
+
+TOKEN_ORDERS = ("column", "row")
 
 
 @dataclass(frozen=True)
 class PriorVocabulary:
-    """Layout of the prior's token ids: K image codes, N user tokens, one null-user token.
+    """Layout of the prior's sequences: K image codes, N user tokens, one null-user token, and the order in
+    which a sequence reads the token grid.
 
     Args:
         codebook_size: K, the number of first-stage codes; codes are ids ``[0, K)``.
         num_users: N, the number of users; user ``label`` (0-based) is id ``K + label``.
+        token_order: ``"column"`` or ``"row"`` (:func:`grid_to_sequence`).
     """
 
     codebook_size: int
     num_users: int
+    token_order: str = "column"
 
     def __post_init__(self) -> None:
+        _check_order(self.token_order)
         if not isinstance(self.codebook_size, int) or self.codebook_size <= 0:
             raise ValueError(f"codebook_size must be a positive integer, got {self.codebook_size!r}")
         if not isinstance(self.num_users, int) or self.num_users <= 0:
@@ -123,6 +138,35 @@ def _check_grid(name: str, grid: object) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _check_order(token_order: object) -> str:
+    if token_order not in TOKEN_ORDERS:
+        raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r}")
+    return str(token_order)
+
+
+def token_order_of(config: GPT2Config) -> str:
+    """The order in which the prior reads the token grid; ``"row"`` for priors saved before the attribute."""
+    return _check_order(getattr(config, "token_order", "row"))
+
+
+def grid_to_sequence(tokens: torch.Tensor, token_order: str) -> torch.Tensor:
+    """Token grids ``(B, h, w)`` (row-major, as the first stage makes them) -> sequences ``(B, h*w)``.
+
+    ``"row"``: ``c_{1 + r*w + c} = grid[r, c]``; ``"column"``: ``c_{1 + c*h + r} = grid[r, c]``.
+    """
+    if _check_order(token_order) == "column":
+        tokens = tokens.transpose(1, 2)  # (B, w, h)
+    return tokens.reshape(tokens.shape[0], -1)  # (B, T)
+
+
+def sequence_to_grid(codes: torch.Tensor, grid: tuple[int, int], token_order: str) -> torch.Tensor:
+    """Inverse of :func:`grid_to_sequence`: sequences ``(B, h*w)`` -> row-major token grids ``(B, h, w)``."""
+    h, w = grid
+    if _check_order(token_order) == "column":
+        return codes.reshape(codes.shape[0], w, h).transpose(1, 2).contiguous()  # (B, w, h) -> (B, h, w)
+    return codes.reshape(codes.shape[0], h, w)
+
+
 def build_prior_config(
     codebook_size: int,
     num_users: int,
@@ -132,6 +176,7 @@ def build_prior_config(
     n_head: int = 8,
     dropout: float = 0.1,
     user_ids: list[int] | None = None,
+    token_order: str = "column",
 ) -> GPT2Config:
     """Build the ``GPT2Config`` of a prior, carrying everything needed to rebuild and use it.
 
@@ -148,17 +193,19 @@ def build_prior_config(
         n_head: attention heads.
         dropout: residual, embedding and attention dropout, in ``[0, 1)``.
         user_ids: public ids of the users in label order; defaults to ``1..N``.
+        token_order: ``"column"`` or ``"row"``: how sequences read the token grid (:func:`grid_to_sequence`).
 
     Returns:
         A ``transformers.GPT2Config`` with ``vocab_size = K + N + 1`` and ``n_positions = h*w + 1``.
 
     Raises:
         ValueError: naming the offending value for non-positive sizes, ``n_embd % n_head != 0``,
-            a dropout outside ``[0, 1)`` or ``len(user_ids) != num_users``.
+            a dropout outside ``[0, 1)``, ``len(user_ids) != num_users`` or an unknown token order.
     """
     _check_positive_int("codebook_size", codebook_size)
     _check_positive_int("num_users", num_users)
     h, w = _check_grid("token_grid", token_grid)
+    _check_order(token_order)
     _check_positive_int("n_layer", n_layer)
     _check_positive_int("n_embd", n_embd)
     _check_positive_int("n_head", n_head)
@@ -195,6 +242,7 @@ def build_prior_config(
         num_users=num_users,
         token_grid=[h, w],
         user_ids=user_ids,
+        token_order=token_order,
     )
 
 
@@ -217,7 +265,7 @@ def vocabulary_from_config(config: GPT2Config) -> PriorVocabulary:
             "config has no codebook_size/num_users: it was not made by build_prior_config "
             f"(codebook_size={k!r}, num_users={n!r})"
         )
-    vocab = PriorVocabulary(int(k), int(n))
+    vocab = PriorVocabulary(int(k), int(n), token_order_of(config))
     if config.vocab_size != vocab.vocab_size:
         raise ValueError(
             f"config vocab_size {config.vocab_size} != codebook_size + num_users + 1 = {vocab.vocab_size}"
@@ -243,17 +291,20 @@ def build_prior(config: GPT2Config) -> GPT2LMHeadModel:
     h, w = _check_grid("config.token_grid", tuple(config.token_grid))
     prior = GPT2LMHeadModel(config)
     with torch.no_grad():
-        table = grid_position_init(h, w, config.n_embd, config.initializer_range)  # (1 + h*w, n_embd)
+        table = grid_position_init(h, w, config.n_embd, config.initializer_range, token_order_of(config))
         prior.transformer.wpe.weight[: table.shape[0]] = table
     return prior
 
 
-def grid_position_init(h: int, w: int, n_embd: int, scale: float = 0.02) -> torch.Tensor:
+def grid_position_init(h: int, w: int, n_embd: int, scale: float = 0.02,
+                       token_order: str = "column") -> torch.Tensor:
     """Position-embedding table ``(1 + h*w, n_embd)`` that encodes where each code sits in the token grid.
 
-    Position 0 (the user token) is all zeros; position ``1 + r*w + c`` holds sinusoids of the row ``r`` in its
-    first ``n_embd // 2`` channels and of the column ``c`` in the rest (the 2-D sin-cos of ViT/MAE), times
-    ``scale`` so the table has the size of GPT-2's own initialisation. The table is trained like any embedding.
+    Position 0 (the user token) is all zeros; the position of grid cell ``(r, c)`` in the sequence
+    (:func:`grid_to_sequence`: ``1 + r*w + c`` in row order, ``1 + c*h + r`` in column order) holds sinusoids of
+    the row ``r`` in its first ``n_embd // 2`` channels and of the column ``c`` in the rest (the 2-D sin-cos of
+    ViT/MAE), times ``scale`` so the table has the size of GPT-2's own initialisation. The table is trained like
+    any embedding.
     """
     half = n_embd // 2
 
@@ -267,8 +318,9 @@ def grid_position_init(h: int, w: int, n_embd: int, scale: float = 0.02) -> torc
 
     rows = sincos(h, half)[:, None, :].expand(h, w, half)  # (h, w, half)
     cols = sincos(w, n_embd - half)[None, :, :].expand(h, w, n_embd - half)  # (h, w, n_embd - half)
-    grid = torch.cat([rows, cols], dim=-1).reshape(h * w, n_embd)  # row-major, like the codes
-    return torch.cat([torch.zeros(1, n_embd), grid]) * scale
+    grid = torch.cat([rows, cols], dim=-1).permute(2, 0, 1)  # (n_embd, h, w)
+    table = grid_to_sequence(grid, token_order).T  # (h*w, n_embd) in the sequence's order
+    return torch.cat([torch.zeros(1, n_embd), table]) * scale
 
 
 def make_prior_batch(
@@ -283,7 +335,7 @@ def make_prior_batch(
     Args:
         tokens: ``(B, h, w)`` int64 code indices in ``[0, K)``, row-major.
         labels: ``(B,)`` 0-based user indices.
-        vocab: the prior vocabulary.
+        vocab: the prior vocabulary (its ``token_order`` says how the sequence reads the grid).
         user_dropout: probability of replacing a user token by the null token (classifier-free guidance).
         generator: optional ``torch.Generator`` for the dropout draw (on ``tokens.device``).
 
@@ -311,7 +363,7 @@ def make_prior_batch(
         raise ValueError(f"token {bad} is not an image code in [0, {vocab.codebook_size})")
 
     batch_size = tokens.shape[0]
-    codes = tokens.reshape(batch_size, -1).long()  # (B, T) row-major
+    codes = grid_to_sequence(tokens, vocab.token_order).long()  # (B, T) in the vocabulary's token order
     user = vocab.user_token(labels.to(tokens.device))  # (B,)
     if user_dropout > 0:
         draw = torch.rand(batch_size, generator=generator, device=tokens.device)  # (B,)
@@ -385,7 +437,7 @@ def sample_tokens(
         seed: optional seed for reproducible sampling.
 
     Returns:
-        ``(B, h, w)`` int64 code indices in ``[0, K)``, row-major.
+        ``(B, h, w)`` int64 code indices in ``[0, K)``, a row-major grid whatever the prior's token order.
 
     Raises:
         ValueError: for labels outside ``[0, N)``, a grid longer than the context, or bad sampling
@@ -413,7 +465,6 @@ def sample_tokens(
     if labels.dim() != 1 or labels.numel() == 0:
         raise ValueError(f"labels must be a non-empty 1-D sequence of user indices, got shape {tuple(labels.shape)}")
     prompt = vocab.user_token(labels).to(device)[:, None]  # (B, 1), validates the label range
-    batch_size = prompt.shape[0]
 
     gen_kwargs: dict = dict(
         attention_mask=torch.ones_like(prompt),
@@ -454,4 +505,4 @@ def sample_tokens(
     codes = sequences[:, 1:]  # (B, T), drop the user token
     if codes.shape[1] != num_tokens:
         raise RuntimeError(f"generate returned {codes.shape[1]} tokens, expected {num_tokens}")
-    return codes.reshape(batch_size, h, w)  # (B, h, w) row-major
+    return sequence_to_grid(codes, (h, w), vocab.token_order)  # (B, h, w) row-major

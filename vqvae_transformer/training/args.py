@@ -78,6 +78,9 @@ def add_prior_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n_embd", type=int, default=None, help="GPT-2 width")
     g.add_argument("--n_head", type=int, default=None, help="GPT-2 attention heads")
     g.add_argument("--prior_dropout", type=float, default=None, help="GPT-2 dropout")
+    g.add_argument("--token_order", choices=("column", "row"), default=None,
+                   help="how the prior reads the token grid: column by column (time order for spectrograms) or row "
+                        "by row")
     g.add_argument("--user_dropout", type=float, default=None,
                    help="probability of replacing the user token by the null token (for guidance)")
     g.add_argument("--prior_steps", type=int, default=None, help="optimiser steps of stage 2")

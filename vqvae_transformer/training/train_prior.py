@@ -117,7 +117,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
                 f"token grids in {time.time() - start:.1f}s", main_process_only=True)
     config = build_prior_config(first_stage.config.num_vq_embeddings, len(user_ids), grid, n_layer=args.n_layer,
                                 n_embd=args.n_embd, n_head=args.n_head, dropout=args.prior_dropout,
-                                user_ids=list(user_ids))
+                                user_ids=list(user_ids), token_order=args.token_order)
     torch.manual_seed(cfg.seed)
     prior = build_prior(config)
     step_fn = PriorStep(vocabulary_from_config(config), args.user_dropout)
@@ -129,11 +129,8 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
                "seconds": round(time.time() - start, 1), "token_grid": list(grid), "history": history,
                "parameters": sum(p.numel() for p in prior.parameters())}
     if finished and accelerator.is_main_process:  # one process measures and writes the model
-        prior.eval()
-        summary["final_val_loss"] = validation_loss(prior, val_tokens, val_labels, cfg.batch_size)
-        summary["final_val_perplexity"] = math.exp(min(summary["final_val_loss"], 50.0))
-        summary["final_user_token_gain"] = validation_loss(prior, val_tokens, val_labels, cfg.batch_size,
-                                                           null_user=True) - summary["final_val_loss"]
+        loss, gain = _final_validation(prior, history, val_tokens, val_labels, cfg.batch_size)
+        summary.update(final_val_loss=loss, final_val_perplexity=math.exp(min(loss, 50.0)), final_user_token_gain=gain)
         save_pretrained_atomic(prior, cfg.output_dir / PRIOR_SUBFOLDER)
         logger.info(f"stage 2 done: validation loss {summary['final_val_loss']:.3f} (perplexity "
                     f"{summary['final_val_perplexity']:.1f}, user-token gain {summary['final_user_token_gain']:.4f} "
@@ -141,6 +138,18 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
                     main_process_only=True)
     accelerator.wait_for_everyone()
     return prior, summary
+
+
+def _final_validation(prior, history: list[dict], val_tokens: torch.Tensor, val_labels: torch.Tensor,
+                      batch_size: int) -> tuple[float, float]:
+    """``(validation loss, user-token gain)`` of the trained prior: the loop's evaluation at the last step when it
+    ran (it always does at the end of a run), else measured now."""
+    last = history[-1] if history else {}  # a finished run's last entry is its last step
+    if "val_loss" in last and "val_user_token_gain" in last:
+        return float(last["val_loss"]), float(last["val_user_token_gain"])
+    prior.eval()
+    loss = validation_loss(prior, val_tokens, val_labels, batch_size)
+    return loss, validation_loss(prior, val_tokens, val_labels, batch_size, null_user=True) - loss
 
 
 def stage_done(output_dir: Path) -> bool:
