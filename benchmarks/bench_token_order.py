@@ -85,6 +85,10 @@ def score(args: argparse.Namespace, order: str, guidance: float, work: Path) -> 
                                          "gan_test_accuracy", "real_test_accuracy")}
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train both priors, score every (order, guidance), print the table, optionally write the JSON."""
     args = build_parser().parse_args(argv)
@@ -109,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['order']} | {r['guidance']:g} | {r['val_loss']:.3f} | {r['user_gain']:.3f} | {r['prior_s']:.0f} | "
-              f"{r['gan_test_accuracy']:.3f} ({r['gan_test_ratio']:.3f}) | {r['cas_ratio']:.3f} | "
-              f"{r['fid_ratio']:.1f} | {r['diversity_ratio']:.2f} |")
+              f"{r['gan_test_accuracy']:.3f} ({r['gan_test_ratio']:.3f}) | {_fmt(r['cas_ratio'], '.3f')} | "
+              f"{_fmt(r['fid_ratio'], '.1f')} | {_fmt(r['diversity_ratio'], '.2f')} |")
     print(f"\ntotal {(time.perf_counter() - start) / 60:.1f} min")
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
