@@ -1,8 +1,10 @@
-"""Figures for the README: one simulated spectrogram per default user.
+"""Figures for the README: one simulated spectrogram per default user; real next to generated images per user.
 
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.make_readme_figures [--output docs/simulated_users.png]
+    # after train_main.py and generate_main.py (README quick start):
+    .venv/bin/python -m benchmarks.make_readme_figures --generated [--model_dir ... --generated_dir ...]
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import torch  # noqa: E402
+
+from vqvae_transformer.data.provenance import load_model_data  # noqa: E402
 from vqvae_transformer.data.simulate import recording_rng  # noqa: E402
 from vqvae_transformer.data.simulator import draw_persons, simulate_spectrogram  # noqa: E402
+from vqvae_transformer.figures import save_labelled_grid  # noqa: E402
+from vqvae_transformer.validation.report import load_generated  # noqa: E402
 
 
 def simulated_users_figure(output: pathlib.Path, num_users: int = 31, seed: int = 0, columns: int = 8) -> pathlib.Path:
@@ -59,13 +66,51 @@ def simulated_users_figure(output: pathlib.Path, num_users: int = 31, seed: int 
     return output
 
 
+def generated_users_figure(model_dir: pathlib.Path, generated_dir: pathlib.Path, output: pathlib.Path,
+                           num_users: int = 8, per_side: int = 4) -> pathlib.Path:
+    """Save rows of ``per_side`` real validation images then ``per_side`` generated images, for the first users.
+
+    Args:
+        model_dir: the trained model (its data and saved validation split give the real images).
+        generated_dir: ``generate_main.py`` output (``ID_<k>/`` folders).
+        output: PNG path to write.
+        num_users: rows (the first users of the model).
+        per_side: images per side of a row.
+
+    Returns:
+        The written path.
+    """
+    data, _, val_idx = load_model_data(model_dir)
+    generated = load_generated(generated_dir, data, data.user_ids)
+    real_images, real_labels = data.images[val_idx], data.labels[val_idx]
+    rows, names = [], []
+    for label in range(min(num_users, len(data.user_ids))):
+        for images, labels in ((real_images, real_labels), (generated.images, generated.labels)):
+            picked = images[labels == label][:per_side]  # [<= per_side, C, R, R] in [-1, 1]
+            blank = torch.ones(per_side - picked.shape[0], *picked.shape[1:])  # white padding when short
+            rows.append(torch.cat([(picked + 1) / 2, blank]).clamp(0, 1))
+        names.append(f"ID_{data.user_ids[label]}")
+    path = save_labelled_grid(torch.cat(rows), names, 2 * per_side, output,
+                              title=f"left {per_side}: real (validation split), right {per_side}: generated")
+    Image.open(path).convert("L").save(path, optimize=True)  # grayscale: a third of the RGB file
+    return path
+
+
 def main() -> None:
     """Write the README figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="docs/simulated_users.png", help="PNG path (default docs/simulated_users.png)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    parser.add_argument("--generated", action="store_true",
+                        help="write docs/generated_users.png (real vs generated per user) instead")
+    parser.add_argument("--model_dir", default="outputs/vqvae_transformer", help="trained model, for --generated")
+    parser.add_argument("--generated_dir", default="generated_images", help="generate_main output, for --generated")
     args = parser.parse_args()
-    path = simulated_users_figure(pathlib.Path(args.output), seed=args.seed)
+    if args.generated:
+        output = pathlib.Path(args.output if args.output != parser.get_default("output") else "docs/generated_users.png")
+        path = generated_users_figure(pathlib.Path(args.model_dir), pathlib.Path(args.generated_dir), output)
+    else:
+        path = simulated_users_figure(pathlib.Path(args.output), seed=args.seed)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
 
 

@@ -97,14 +97,16 @@ def test_copies_fail_memorization_then_pass_with_loose_thresholds(model_dir, cop
     again = json.loads((out / "validation_report.json").read_text())
     assert again["passed"] is True and again["failed"] == []
     assert again["judge"]["from_cache"] is True  # same data, same settings: the judge is reused
-    _check_reconstruction_accuracy(model_dir, out, again["reconstruction_test_accuracy"])
+    _check_reconstruction_accuracy(model_dir, out, again)
 
 
-def _check_reconstruction_accuracy(model_dir: Path, out: Path, reported: float) -> None:
-    """The report's reconstruction_test_accuracy equals the cached judge recounted on decoded tokens."""
+def _check_reconstruction_accuracy(model_dir: Path, out: Path, report: dict) -> None:
+    """The report's reconstruction_test_accuracy and reconstruction_domain_fid equal the cached judge recounted on
+    decoded tokens."""
     from vqvae_transformer.data.provenance import load_model_data
     from vqvae_transformer.models.first_stage import load_first_stage
     from vqvae_transformer.validation.judge import load_cached_judge, predict
+    from vqvae_transformer.validation.metrics import domain_fid
 
     data, _, val_idx = load_model_data(model_dir)
     key = json.loads((out / "judge" / "judge.json").read_text())["key"]
@@ -114,7 +116,9 @@ def _check_reconstruction_accuracy(model_dir: Path, out: Path, reported: float) 
     with torch.no_grad():
         recon = first_stage.decode_tokens(first_stage.encode_to_tokens(images)).clamp(-1, 1)
     correct = (predict(judge, recon) == data.labels[val_idx]).double().mean()
-    assert reported == pytest.approx(float(correct))
+    assert report["reconstruction_test_accuracy"] == pytest.approx(float(correct))
+    assert report["reconstruction_domain_fid"] == pytest.approx(domain_fid(judge, images, recon), rel=1e-4)
+    assert report["reconstruction_domain_fid"] > 0  # the tokenizer is lossy
 
 
 def test_target_user_reports_that_user_only(model_dir, copied_generated, tmp_path):

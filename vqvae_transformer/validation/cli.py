@@ -98,7 +98,8 @@ def format_summary(report: dict) -> str:
         rows.append(f"{c['name']:<22}{value:>10}  {c['op']} {c['limit']:<7}{result}")
     extra = ", ".join(f"{k}={report[k]:.4g}" for k in ("real_test_accuracy", "gan_test_accuracy", "cas_accuracy",
                                                           "domain_fid", "domain_fid_real", "psnr",
-                                                          "reconstruction_test_accuracy")
+                                                          "reconstruction_test_accuracy",
+                                                          "reconstruction_domain_fid")
                       if report.get(k) is not None)
     return "\n".join(rows + [extra])
 

@@ -313,11 +313,15 @@ def first_stage_metrics(model_dir: str | Path, val_images: torch.Tensor, val_lab
     """PSNR, SSIM, codebook statistics, LPIPS and the judge's accuracy on reconstructions of the validation images.
 
     ``reconstruction_test_accuracy`` is the ceiling the tokenizer puts on ``gan_test_accuracy``: what the judge
-    still recognises after images pass through the tokens.
+    still recognises after images pass through the tokens. ``reconstruction_domain_fid`` (reconstructions vs the
+    images they reconstruct, in the judge's feature space) is the tokenizer's share of ``domain_fid``.
     """
     first_stage = load_first_stage(Path(model_dir) / "vqvae").eval()
     out, recon = tokenizer_metrics_and_reconstructions(first_stage, val_images)  # recon: (N, C, R, R)
     out["reconstruction_test_accuracy"] = accuracy(predict(judge, recon), val_labels)
+    out["reconstruction_domain_fid"] = M.domain_fid(judge, val_images, recon) if val_images.shape[0] >= 2 else None
+    if out["reconstruction_domain_fid"] is None:
+        reasons["reconstruction_domain_fid"] = f"needs 2+ validation images, got {val_images.shape[0]}"
     lpips_value, lpips_reason = M.lpips_distance(val_images, recon)
     out["lpips"] = lpips_value
     if lpips_value is None:
@@ -464,7 +468,8 @@ def _assemble(values: dict, reasons: dict, extras: dict, checks: list[dict], thr
     report = {key: values.get(key) for key in (
         "real_test_accuracy", "gan_test_accuracy", "cas_accuracy", "domain_fid", "domain_fid_real",
         "memorization_rate", "diversity_ratio", "codebook_usage", "codebook_perplexity", "normalized_entropy",
-        "psnr", "ssim", "lpips", "reconstruction_test_accuracy", "gan_test_ratio", "cas_ratio", "fid_ratio")}
+        "psnr", "ssim", "lpips", "reconstruction_test_accuracy", "reconstruction_domain_fid", "gan_test_ratio",
+        "cas_ratio", "fid_ratio")}
     report.update(
         passed=not failed,
         failed=failed,
@@ -622,6 +627,8 @@ _METRIC_TEXT = [
     ("lpips", "Pretrained LPIPS between validation images and their reconstructions (lower is better)."),
     ("reconstruction_test_accuracy", "Judge accuracy on the tokenizer's reconstructions of the real validation "
                                      "images: the ceiling the tokenizer puts on gan_test_accuracy."),
+    ("reconstruction_domain_fid", "domain_fid between the real validation images and their reconstructions: the "
+                                  "tokenizer's share of domain_fid."),
 ]
 
 
