@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ntoken order: first stage of {args.model_dir}, prior steps {args.prior_steps or 'preset'}, "
           f"{args.samples_per_user} images/user; {platform.machine()} {os.cpu_count()} cores, threads "
           f"{args.threads or 'unset'}")
-    print("| order | guidance | val loss | user gain | prior s | gan_test (ratio) | CAS ratio | FID ratio | diversity |")
+    print("| order | guidance | val loss | user gain | prior s | gan_test (ratio) | CAS ratio | FID ratio "
+          "| diversity |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['order']} | {r['guidance']:g} | {r['val_loss']:.3f} | {r['user_gain']:.3f} | {r['prior_s']:.0f} | "

@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--generated_dir", default="generated_images", help="generate_main output, for --generated")
     args = parser.parse_args()
     if args.generated:
-        output = pathlib.Path(args.output if args.output != parser.get_default("output") else "docs/generated_users.png")
+        default = args.output == parser.get_default("output")
+        output = pathlib.Path("docs/generated_users.png" if default else args.output)
         path = generated_users_figure(pathlib.Path(args.model_dir), pathlib.Path(args.generated_dir), output)
     else:
         path = simulated_users_figure(pathlib.Path(args.output), seed=args.seed)

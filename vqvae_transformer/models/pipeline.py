@@ -38,9 +38,9 @@ from .prior import sample_tokens, vocabulary_from_config
 
 logger = logging.getLogger(__name__)
 
-# Classifier-free guidance of generate_main and the pipeline unless told otherwise. On the default data (CPU
-# preset, column order), the judge recognised 0.43 of the samples without guidance, 0.59 at 2, 0.54 at 3 and 0.31
-# at 5: strong guidance overshoots into images no real user makes.
+# Classifier-free guidance of generate_main and the pipeline unless told otherwise. With the CPU preset's model of
+# the default data, the judge recognised the intended user in 0.735 of 310 samples at 1.5, 0.765 at 2, 0.729 at 2.5
+# and 0.677 at 3 (README, measured figures): stronger guidance overshoots into images no real user makes.
 DEFAULT_GUIDANCE_SCALE = 2.0
 
 __all__ = ["FORMAT_VERSION", "VQVAETransformerPipeline", "VQVAETransformerPipelineOutput", "resolve_model_folder"]

@@ -675,7 +675,8 @@ def render_markdown(report: dict) -> str:
     lines += ["", f"The judge (4 conv blocks 32-64-128-128 with BatchNorm, global average pooling, a 128-wide "
               f"feature layer) was {'reused from the cache' if j['from_cache'] else 'trained'} for {j['epochs_run']} "
               f"epochs ({j['train_seconds']} s, input {j['input_size']} px, seed {j['seed']}) with random circular "
-              f"time shifts and small vertical translations. The CAS classifier is trained for "
+              f"time shifts, small vertical translations and a mild blur, at the data's resolution. The CAS "
+              f"classifier is trained for "
               f"{s['cas_epochs']} epochs (at least {j['min_steps']} steps). Tokenizer figures use "
               f"{s['tokenizer_scope']}.", "",
               "## Per user", "",
