@@ -193,7 +193,7 @@ def _simulate_into(staging: pathlib.Path, parameters: dict, show_progress: bool,
     from tqdm.auto import tqdm
 
     persons = draw_persons(parameters["num_users"], parameters["seed"])
-    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(persons)))
+    workers = max(1, min(workers or _usable_cores(), len(persons)))
     logger.info(
         "simulating %d users × %d spectrograms at %d px into %s (%d processes)",
         len(persons), parameters["samples_per_user"], parameters["resolution"], staging, workers,
@@ -216,6 +216,13 @@ def _simulate_into(staging: pathlib.Path, parameters: dict, show_progress: bool,
                 raise
     progress.close()
     _write_persons(staging, parameters, persons)
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may use (its affinity mask on Linux, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux only
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _simulate_user_into(staging: pathlib.Path, person: PersonTraits, parameters: dict) -> None:

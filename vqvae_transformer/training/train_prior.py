@@ -130,7 +130,8 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
                "parameters": sum(p.numel() for p in prior.parameters())}
     if finished and accelerator.is_main_process:  # one process measures and writes the model
         loss, gain = _final_validation(prior, history, val_tokens, val_labels, cfg.batch_size)
-        summary.update(final_val_loss=loss, final_val_perplexity=math.exp(min(loss, 50.0)), final_user_token_gain=gain)
+        summary.update(final_val_loss=loss, final_val_perplexity=math.exp(min(loss, 50.0)),
+                       final_user_token_gain=gain)
         save_pretrained_atomic(prior, cfg.output_dir / PRIOR_SUBFOLDER)
         logger.info(f"stage 2 done: validation loss {summary['final_val_loss']:.3f} (perplexity "
                     f"{summary['final_val_perplexity']:.1f}, user-token gain {summary['final_user_token_gain']:.4f} "
