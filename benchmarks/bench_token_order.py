@@ -57,12 +57,11 @@ def data_flags(model_dir: Path) -> list[str]:
     return ["--data_dir", str(folder), "--num_users", str(info["num_users"]), "--resolution", str(info["resolution"])]
 
 
-def train_prior(args: argparse.Namespace, order: str, work: Path) -> dict:
+def train_prior(args: argparse.Namespace, order: str, data: list[str], work: Path) -> dict:
     """Copy the first stage into ``work/order`` and train a prior there; returns the prior's summary figures."""
     out = work / order
     shutil.copytree(Path(args.model_dir) / "vqvae", out / "vqvae")
-    command = ["train_main.py", "--skip_vqvae", "--token_order", order, "--output_dir", str(out),
-               *data_flags(Path(args.model_dir))]
+    command = ["train_main.py", "--skip_vqvae", "--token_order", order, "--output_dir", str(out), *data]
     if args.prior_steps:
         command += ["--prior_steps", str(args.prior_steps)]
     seconds = run_script(command, work / f"{order}_train.log", args.threads)
@@ -92,13 +91,13 @@ def _fmt(value: float | None, spec: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Train both priors, score every (order, guidance), print the table, optionally write the JSON."""
     args = build_parser().parse_args(argv)
-    data_flags(Path(args.model_dir))  # fail before any training
+    data = data_flags(Path(args.model_dir))  # fails before any training
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench_token_order_"))
     rows = []
     try:
         for order in ORDERS:
-            prior = train_prior(args, order, work)
+            prior = train_prior(args, order, data, work)
             rows += [{"order": order, "guidance": g, **prior, **score(args, order, g, work)}
                      for g in args.guidance_scales]
     finally:

@@ -19,13 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import torch  # noqa: E402
-
 from vqvae_transformer.data.provenance import load_model_data  # noqa: E402
 from vqvae_transformer.data.simulate import recording_rng  # noqa: E402
 from vqvae_transformer.data.simulator import draw_persons, simulate_spectrogram  # noqa: E402
-from vqvae_transformer.figures import save_labelled_grid  # noqa: E402
-from vqvae_transformer.validation.report import load_generated  # noqa: E402
+from vqvae_transformer.validation.report import load_generated, real_vs_generated_figure  # noqa: E402
 
 
 def simulated_users_figure(output: pathlib.Path, num_users: int = 31, seed: int = 0, columns: int = 8) -> pathlib.Path:
@@ -67,31 +64,23 @@ def simulated_users_figure(output: pathlib.Path, num_users: int = 31, seed: int 
 
 
 def generated_users_figure(model_dir: pathlib.Path, generated_dir: pathlib.Path, output: pathlib.Path,
-                           num_users: int = 8, per_side: int = 4) -> pathlib.Path:
-    """Save rows of ``per_side`` real validation images then ``per_side`` generated images, for the first users.
+                           num_users: int = 8) -> pathlib.Path:
+    """Save validate_main's real-vs-generated rows (real validation images left, generated right) for the first
+    users, in grayscale.
 
     Args:
         model_dir: the trained model (its data and saved validation split give the real images).
         generated_dir: ``generate_main.py`` output (``ID_<k>/`` folders).
         output: PNG path to write.
         num_users: rows (the first users of the model).
-        per_side: images per side of a row.
 
     Returns:
         The written path.
     """
     data, _, val_idx = load_model_data(model_dir)
     generated = load_generated(generated_dir, data, data.user_ids)
-    real_images, real_labels = data.images[val_idx], data.labels[val_idx]
-    rows, names = [], []
-    for label in range(min(num_users, len(data.user_ids))):
-        for images, labels in ((real_images, real_labels), (generated.images, generated.labels)):
-            picked = images[labels == label][:per_side]  # [<= per_side, C, R, R] in [-1, 1]
-            blank = torch.ones(per_side - picked.shape[0], *picked.shape[1:])  # white padding when short
-            rows.append(torch.cat([(picked + 1) / 2, blank]).clamp(0, 1))
-        names.append(f"ID_{data.user_ids[label]}")
-    path = save_labelled_grid(torch.cat(rows), names, 2 * per_side, output,
-                              title=f"left {per_side}: real (validation split), right {per_side}: generated")
+    path = real_vs_generated_figure(output, data.images[val_idx], data.labels[val_idx], generated.images,
+                                    generated.labels, data.user_ids, max_rows=num_users)
     Image.open(path).convert("L").save(path, optimize=True)  # grayscale: a third of the RGB file
     return path
 

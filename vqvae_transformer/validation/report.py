@@ -550,13 +550,24 @@ def _confusion_figure(path: Path, extras: dict, user_ids: Sequence[int]) -> Path
 
 
 def _samples_figure(path: Path, extras: dict, user_ids: Sequence[int]) -> Path | None:
-    labels = sorted(set(extras["gen_labels"].tolist()))[:MAX_SAMPLE_ROWS]
+    return real_vs_generated_figure(path, extras["val_images"], extras["val_labels"], extras["gen_images"],
+                                    extras["gen_labels"], user_ids)
+
+
+def real_vs_generated_figure(path: Path, real_images: torch.Tensor, real_labels: torch.Tensor,
+                             gen_images: torch.Tensor, gen_labels: torch.Tensor, user_ids: Sequence[int],
+                             max_rows: int = MAX_SAMPLE_ROWS) -> Path | None:
+    """One row per generated user (at most ``max_rows``): real images on the left, generated on the right.
+
+    Images are ``[N, C, R, R]`` in [-1, 1]; labels index ``user_ids``. Returns None when nothing was generated.
+    """
+    labels = sorted(set(gen_labels.tolist()))[:max_rows]
     if not labels:
         return None
     rows, names = [], []
     for label in labels:
-        real = extras["val_images"][extras["val_labels"] == label][:SAMPLES_PER_ROW]
-        fake = extras["gen_images"][extras["gen_labels"] == label][:SAMPLES_PER_ROW]
+        real = real_images[real_labels == label][:SAMPLES_PER_ROW]
+        fake = gen_images[gen_labels == label][:SAMPLES_PER_ROW]
         rows += [_pad(to_unit(real)), _pad(to_unit(fake))]
         names.append(f"ID_{user_ids[label]}")
     grid = torch.cat(rows)  # [rows * 2 * SAMPLES_PER_ROW, C, R, R]
