@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of ID_<k>/ images instead of the simulated default (31 users x 64, 64 px)")
     parser.add_argument("--test_per_user", type=int, default=16,
                         help="held-out real test images per user (default: 16)")
-    parser.add_argument("--vqvae_steps", type=int, default=400, help="stage-1 steps of train_main (default: 400)")
+    parser.add_argument("--vqvae_steps", type=int, default=1600,
+                        help="stage-1 steps of train_main (default: 1600, batch 8 as in the CPU preset)")
     parser.add_argument("--prior_steps", type=int, default=300,
                         help="stage-2 steps of train_main (default: 300, batch 16 as in the CPU preset)")
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",

@@ -17,7 +17,6 @@ MIN_PYTHON = (3, 10)
 SETUP_HINT = "python setup_environment.py"
 # Recommended batch size by total GPU memory: the first row whose bound (GiB) exceeds the memory wins.
 GPU_BATCH_BY_MEMORY_GB = ((12, 32), (40, 64), (float("inf"), 128))
-CPU_BATCH_SIZE = 32
 
 STATUS_OK, STATUS_MISSING, STATUS_TOO_OLD, STATUS_INCOMPATIBLE = "ok", "missing", "too_old", "incompatible"
 STATUS_INVALID, STATUS_NOT_APPLICABLE = "invalid_requirement", "not_applicable"
@@ -200,10 +199,14 @@ def check_lpips(net: str = "alex") -> dict:
 
 
 def recommend(torch_info: dict) -> dict:
-    """Preset and batch size for this machine: ``gpu`` with a memory-based batch when CUDA works, else ``cpu``."""
+    """Preset and batch size for this machine: ``gpu`` with a memory-based batch when CUDA works, else ``cpu``.
+
+    On a CPU the batch size is None: keep the preset's per-stage sizes (stage 1: 8, prior: 16), which were tuned
+    for the time budget; one ``--batch_size`` for both stages would override them.
+    """
     if not torch_info.get("cuda_available"):
         reason = "MPS available but the cpu preset is used" if torch_info.get("mps_available") else "no CUDA GPU"
-        return {"preset": "cpu", "batch_size": CPU_BATCH_SIZE, "reason": reason}
+        return {"preset": "cpu", "batch_size": None, "reason": reason}
     memory = torch_info.get("gpu_memory_gb") or 0.0
     batch = next(size for bound, size in GPU_BATCH_BY_MEMORY_GB if memory < bound)
     return {"preset": "gpu", "batch_size": batch, "reason": f"CUDA GPU {torch_info.get('gpu_name')} with {memory} GiB"}
@@ -318,7 +321,8 @@ def format_report(report: dict) -> str:
     lines += ["", f"Packages ({report['requirements_path']})"] + _format_packages(report["packages"])
     lines += ["", "Smoke tests"] + _format_smoke(report["smoke_tests"])
     lines += ["", f"LPIPS ({lp['net']})", f"  {'available' if lp['available'] else 'unavailable'}: {lp['reason']}"]
-    lines += ["", "Recommendation", f"  preset {rec['preset']}, batch size {rec['batch_size']} ({rec['reason']})"]
+    batch = "the preset's per-stage sizes" if rec["batch_size"] is None else rec["batch_size"]
+    lines += ["", "Recommendation", f"  preset {rec['preset']}, batch size {batch} ({rec['reason']})"]
     found, warned = problems(report), warnings_of(report)
     lines += ["", "Summary"]
     lines += [f"  problem: {line}" for line in found] + [f"  warning: {line}" for line in warned]

@@ -28,9 +28,12 @@ CPU_PRESET: dict = {
     "dead_code_threshold": 2.0,
     "restart_sampling": "uniform",
     "commitment_beta": 0.25,
-    "vqvae_batch_size": 32,
-    "vqvae_steps": 700,
-    "vqvae_learning_rate": 6e-4,  # 1e-3 stalled at the mean image
+    # Batch 8 x 2800 steps sees the same 22 400 images as 32 x 700 in about the same time, and the tokenizer is far
+    # better: PSNR 29.4 -> 32.0 dB; the judge recognises 97.8 % of reconstructions against 69.7 %, and their domain
+    # FID falls from 20.9 to 1.4 (benchmarks/bench_tokenizer_batch.py, README).
+    "vqvae_batch_size": 8,
+    "vqvae_steps": 2800,
+    "vqvae_learning_rate": 4e-4,  # 1e-3 stalled at the mean image (batch 32)
     # Batch 16 (more, smaller steps learn faster here than 32) and no dropout (2x faster steps on CPU): 1300 steps
     # fit in the time 360 steps of 32 with dropout took.
     "prior_batch_size": 16,
@@ -45,8 +48,9 @@ CPU_PRESET: dict = {
     "token_order": "column",
     "user_dropout": 0.1,
     "mixed_precision": "no",
-    "eval_steps": 240,
-    "checkpointing_steps": 240,
+    # One step count for both stages: stage 1 evaluates at 700, 1400, 2100, 2800, the prior at 700 and 1300.
+    "eval_steps": 700,
+    "checkpointing_steps": 350,
 }
 
 GPU_PRESET: dict = {
