@@ -17,7 +17,7 @@ from typing import Sequence
 
 from vqvae_transformer.cli import run_cli, setup_logging
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR, DEFAULT_OUTPUT_DIR, run_generate_cli
-from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE
+from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples_per_user", type=int, default=10, help="images per user (default: 10)")
     parser.add_argument("--user_ids", type=int, nargs="+", default=None,
                         help="1-based user ids as in the data folders, e.g. --user_ids 1 3 7 (default: all)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="softmax temperature, > 0; lower is more conservative (default: 1.0)")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                        help=f"softmax temperature, > 0; lower is more conservative (default: {DEFAULT_TEMPERATURE})")
     parser.add_argument("--top_k", type=int, default=None,
                         help="sample only among the k most likely codes (default: all codes)")
     parser.add_argument("--top_p", type=float, default=None,

@@ -146,7 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=CPU_PRESET["vqvae_steps"],
                         help="optimiser steps per variant (default: the CPU preset's)")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=CPU_PRESET["vqvae_batch_size"],
+                        help="batch size per variant (default: the CPU preset's)")
     parser.add_argument("--codebook_size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=CPU_PRESET["vqvae_learning_rate"],
                         help="peak learning rate (default: the CPU preset's)")

@@ -30,7 +30,7 @@ import torch
 from torchvision.utils import make_grid
 
 from ..errors import UserInputError
-from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, VQVAETransformerPipeline, tensor_to_pil
+from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE, VQVAETransformerPipeline, tensor_to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def generate_to_folder(
     output_dir: str | Path,
     samples_per_user: int = 10,
     user_ids: Sequence[int] | None = None,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     top_p: float | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
