@@ -14,7 +14,7 @@ import torch
 
 import generate_main
 from vqvae_transformer.models.first_stage import build_first_stage
-from vqvae_transformer.models.pipeline import VQVAETransformerPipeline
+from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE, VQVAETransformerPipeline
 from vqvae_transformer.models.prior import build_prior, build_prior_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +57,9 @@ def test_writes_user_folders_grid_and_info_and_reruns_byte_identically(model_dir
     info = json.loads((out / "generation_info.json").read_text())
     assert info["user_ids"] == [1, 2, 5] and info["num_images"] == 9 and info["samples_per_user"] == 3
     assert info["sampling"]["seed"] == 4 and info["sampling"]["batch_size"] == 4
+    # the measured defaults (README: guidance and temperature sweeps) reach the CLI and are recorded
+    assert info["sampling"]["guidance_scale"] == DEFAULT_GUIDANCE_SCALE == 1.5
+    assert info["sampling"]["temperature"] == DEFAULT_TEMPERATURE == 0.9
     assert info["model_dir"] == str(model_dir) and info["images_per_second"] > 0
     first = _files(out)
 
