@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,19 @@ def write_few_shot_folder(data: SpectrogramData, indices: list[int], folder: Pat
 
 # ----------------------------------------------------------------------------------------------------------
 # The generator (subprocesses: the real CLIs)
+
+
+@contextmanager
+def work_dir(prefix: str, keep: bool):
+    """A temporary folder for a benchmark's models and images: removed afterwards, or kept (path printed)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"temporary folders kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run_script(command: list[str], log_path: Path, threads: int, ok_codes: tuple[int, ...] = (0,)) -> float:
@@ -347,14 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     data = load_benchmark_data(args.data_dir, args.num_users)
     test_idx, pool = split_test_and_pool(data.labels, args.test_per_user, max(args.k))
-    work = Path(tempfile.mkdtemp(prefix="bench_augmentation_"))
-    try:
+    with work_dir("bench_augmentation_", args.keep_dir) as work:
         rows = [run_one(args, data, test_idx, pool, k, seed, work) for seed in args.seeds for k in args.k]
-    finally:
-        if args.keep_dir:
-            print(f"temporary folders kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     record = print_report(args, rows, time.perf_counter() - start)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

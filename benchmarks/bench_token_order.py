@@ -21,11 +21,10 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_augmentation import run_script
+from benchmarks.bench_augmentation import run_script, work_dir
 from vqvae_transformer.data.provenance import read_data_info
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR
 
@@ -93,18 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     data = data_flags(Path(args.model_dir))  # fails before any training
     start = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="bench_token_order_"))
     rows = []
-    try:
+    with work_dir("bench_token_order_", args.keep_dir) as work:
         for order in ORDERS:
             prior = train_prior(args, order, data, work)
             rows += [{"order": order, "guidance": g, **prior, **score(args, order, g, work)}
                      for g in args.guidance_scales]
-    finally:
-        if args.keep_dir:
-            print(f"temporary folders kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     print(f"\ntoken order: first stage of {args.model_dir}, prior steps {args.prior_steps or 'preset'}, "
           f"{args.samples_per_user} images/user; {platform.machine()} {os.cpu_count()} cores, threads "
           f"{args.threads or 'unset'}")

@@ -20,12 +20,10 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_augmentation import run_script
+from benchmarks.bench_augmentation import run_script, work_dir
 from benchmarks.bench_token_order import data_flags
 from vqvae_transformer.data.provenance import load_model_data
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR
@@ -83,9 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     data = data_flags(Path(args.model_dir))  # fails before any training
     real, train_idx, val_idx = load_model_data(args.model_dir)
     start = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="bench_tokenizer_batch_"))
     rows = []
-    try:
+    with work_dir("bench_tokenizer_batch_", args.keep_dir) as work:
         trained = [(s, *train_first_stage(args, s, data, work)) for s in args.settings]
         judge = load_or_train_judge(
             real.images[train_idx], real.labels[train_idx], real.num_users,
@@ -97,11 +94,6 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"batch": batch, "steps": steps, "lr": lr, "images_seen": batch * steps, **times,
                          **{k: metrics[k] for k in ("psnr", "ssim", "codebook_usage", "normalized_entropy",
                                                     "reconstruction_test_accuracy", "reconstruction_domain_fid")}})
-    finally:
-        if args.keep_dir:
-            print(f"temporary folders kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     print(f"\ntokenizer batch size: data of {args.model_dir}, {len(val_idx)} validation images; "
           f"{platform.machine()} {os.cpu_count()} cores, threads {args.threads or 'unset'}")
     print("| batch × steps (LR) | images seen | stage 1 s | PSNR dB | SSIM | usage | entropy "
