@@ -11,7 +11,8 @@ tokenizer's share of ``domain_fid``).
 Run from the repository root after ``python train_main.py`` (and ``python validate_main.py``, whose judge it reuses)::
 
     python -m benchmarks.bench_tokenizer_batch                 # 32 x 700 at 6e-4 (the old preset) vs 8 x 2800 at 4e-4
-    python -m benchmarks.bench_tokenizer_batch --settings 8:20:4e-4 32:5:6e-4 --judge_epochs 1   # smoke
+    python -m benchmarks.bench_tokenizer_batch --settings 8:20:4e-4 32:5:6e-4 --judge_epochs 1 \
+        --judge_dir /tmp/smoke_judge    # smoke; its own judge folder, so validate_main's cached judge stays
 """
 
 from __future__ import annotations
