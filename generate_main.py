@@ -5,6 +5,10 @@ Examples::
     python generate_main.py                                   # every user, 10 images each
     python generate_main.py --user_ids 1 3 7 --samples_per_user 50 --seed 1
     python generate_main.py --model_dir org/name              # a model on the Hub (or in the offline cache)
+    python generate_main.py --skip_existing                   # resume an interrupted run
+
+Nothing this script did not write is ever replaced: an --output_dir holding other files is refused
+(exit 2) unless --overwrite, which writes beside them (see vqvae_transformer/output_folder.py).
 
 The logic lives in :mod:`vqvae_transformer.inference.generate`; this script only parses the flags.
 """
@@ -47,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random seed; the same seed and batch size give identical images (default: 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run; cuda without a GPU is an error (default: auto)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --output_dir that holds files this tool did not write; they are "
+                             "kept (never replaced or deleted), and a requested ID_<k> folder holding such files "
+                             "is still refused. Without it such a folder is refused. Re-running into a folder "
+                             "this tool wrote replaces its own earlier files and needs no flag")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="resume an interrupted run: keep users whose images this tool already wrote with "
+                             "the same flags and generate only the missing ones (same files as one "
+                             "uninterrupted run)")
     return parser
 
 

@@ -67,3 +67,20 @@ def test_report_usage_equals_a_direct_recount(tiny_model_and_data):
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserInputError, match="does not exist"):
         main(["--model_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o")])
+
+
+def test_output_folder_with_foreign_files_is_refused_unless_overwrite(tiny_model_and_data):
+    root = tiny_model_and_data
+    out = root / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["--model_dir", str(root / "model"), "--data_dir", str(root / "data"), "--output_dir", str(out)]
+    with pytest.raises(UserInputError, match="notes.txt"):
+        main(argv)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(argv + ["--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "codebook_report.json").is_file()
+    (out / "codebook_user_heatmap.png").write_bytes(b"yours")  # in the way of --plot: refused even so
+    with pytest.raises(UserInputError, match="codebook_user_heatmap.png"):
+        main(argv + ["--overwrite", "--plot"])
+    assert (out / "codebook_user_heatmap.png").read_bytes() == b"yours"

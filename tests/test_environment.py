@@ -171,6 +171,7 @@ def test_setup_dry_run_prints_pip_command():
     result = run_script(str(SETUP), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert f"{sys.executable} -m pip install -r {ROOT / 'requirements.txt'}" in result.stdout
+    assert f"{sys.executable} -m pip install --no-deps -e {ROOT}" in result.stdout  # the package itself, editable
     assert "check_environment.py" in result.stdout
 
 
@@ -196,7 +197,7 @@ def test_setup_venv_creates_then_reuses(tmp_path):
     """A fresh venv with a pip-only requirements file: created, installed, checked (fails: no torch), reused."""
     venv, requirements = tmp_path / "env", tmp_path / "requirements.txt"
     requirements.write_text("pip\n")
-    result = run_script(str(SETUP), "--venv", str(venv), "--requirements", str(requirements))
+    result = run_script(str(SETUP), "--venv", str(venv), "--requirements", str(requirements), "--no-project")
     assert (venv / "pyvenv.cfg").exists()
     assert result.returncode == 1  # the check's exit code: no torch in the new environment
     assert "No module named 'torch'" in result.stdout

@@ -46,7 +46,8 @@ def test_writes_user_folders_grid_and_info_and_reruns_byte_identically(model_dir
     argv = ["--model_dir", str(model_dir), "--output_dir", str(out), "--samples_per_user", "3", "--seed", "4",
             "--batch_size", "4", "--device", "cpu"]
     assert generate_main.main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ID_1", "ID_2", "ID_5", "generation_info.json", "grid.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".vqvae_transformer_manifest.json", "ID_1", "ID_2", "ID_5",
+                                                     "generation_info.json", "grid.png"]
     for user in ("ID_1", "ID_2", "ID_5"):
         names = sorted(p.name for p in (out / user).iterdir())
         assert names == ["gen_0000.png", "gen_0001.png", "gen_0002.png"]
@@ -63,12 +64,15 @@ def test_writes_user_folders_grid_and_info_and_reruns_byte_identically(model_dir
     assert info["model_dir"] == str(model_dir) and info["images_per_second"] > 0
     first = _files(out)
 
-    (out / "ID_1" / "stale.png").write_bytes(b"old")  # replaced folders lose stale files
     (out / "ID_9").mkdir()  # folders of other users are left alone
-    assert generate_main.main(argv) == 0
+    assert generate_main.main(argv) == 0  # re-running into its own folder needs no flag and gives the same bytes
     assert _files(out) == first
     assert (out / "ID_9").is_dir()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".generated.tmp")]  # no staging left
+
+    (out / "ID_1" / "stale.png").write_bytes(b"old")  # a file the tool did not write: refused, kept
+    assert generate_main.main(argv) == 2
+    assert (out / "ID_1" / "stale.png").read_bytes() == b"old"
 
 
 def test_subset_of_users_and_other_seed(model_dir, tmp_path):

@@ -1,5 +1,5 @@
 """Hub round trips without the internet: loading by repo id from a pre-filled offline cache, pushing to a
-loopback server that answers the few endpoints ``create_repo`` + ``upload_folder`` use (DESIGN.md §7)."""
+loopback server that answers the few endpoints ``create_repo`` + ``upload_folder`` use (docs/DESIGN.md §7)."""
 
 from __future__ import annotations
 
@@ -92,6 +92,28 @@ def _fill_cache(hf_home: Path, model_dir: Path) -> Path:
     (repo_cache / "refs").mkdir(parents=True)
     (repo_cache / "refs" / "main").write_text(SHA)
     return snapshot
+
+
+def test_offline_generic_diffusers_load_by_repo_id_from_the_cache(model_dir, tmp_path):
+    """``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` (the documented one-line load) finds
+    the loader shim in the cached snapshot, offline, from outside the clone, and matches our own loader."""
+    _fill_cache(tmp_path / "hf_home", model_dir)
+    env = _env(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    check = (
+        "import torch, diffusers\n"
+        "from vqvae_transformer import VQVAETransformerPipeline\n"
+        f"generic = diffusers.DiffusionPipeline.from_pretrained({REPO_ID!r}, trust_remote_code=True)\n"
+        f"ours = VQVAETransformerPipeline.from_pretrained({REPO_ID!r})\n"
+        "assert type(generic) is VQVAETransformerPipeline, type(generic)\n"
+        "same = torch.equal(generic(seed=5, output_type='pt').images, ours(seed=5, output_type='pt').images)\n"
+        "vqvae = diffusers.AutoModel.from_pretrained(%r, subfolder='vqvae')\n"
+        "print('generic-from-cache', same, type(vqvae).__name__)\n" % REPO_ID
+    )
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generic-from-cache True VQFirstStage" in result.stdout, result.stdout
 
 
 def test_offline_load_by_repo_id_and_generate_from_the_cache(model_dir, tmp_path):

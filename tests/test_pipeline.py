@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import torch
 
 from vqvae_transformer.errors import UserInputError
 from vqvae_transformer.models.first_stage import build_first_stage
-from vqvae_transformer.models.pipeline import (FORMAT_VERSION, VQVAETransformerPipeline,
+from vqvae_transformer.models.pipeline import (FORMAT_VERSION, SHIM_SOURCE, VQVAETransformerPipeline,
                                                VQVAETransformerPipelineOutput, chunk_seeds)
 from vqvae_transformer.models.prior import build_prior, build_prior_config
 
@@ -45,7 +48,8 @@ def saved(pipe, tmp_path_factory):
 
 def test_model_index_names_our_classes_and_facts(saved):
     index = json.loads((saved / "model_index.json").read_text())
-    assert index["_class_name"] == "VQVAETransformerPipeline"
+    assert index["_class_name"] == ["pipeline", "VQVAETransformerPipeline"]  # diffusers' custom-pipeline form
+    assert (saved / "pipeline.py").read_text() == SHIM_SOURCE
     assert index["vqvae"] == ["vqvae_transformer.models.first_stage", "VQFirstStage"]
     assert index["prior"] == ["transformers", "GPT2LMHeadModel"]
     assert index["user_ids"] == USER_IDS
@@ -163,6 +167,7 @@ def test_loading_errors_are_one_line(saved, tmp_path):
         VQVAETransformerPipeline.from_pretrained(tmp_path)
     old = tmp_path / "old"
     old.mkdir()
+    (old / "pipeline.py").write_text(SHIM_SOURCE)
     for part in ("vqvae", "prior"):
         (old / part).mkdir()
         for file in (saved / part).iterdir():
@@ -189,3 +194,74 @@ def test_push_to_hub_method_saves_a_card_and_calls_the_hub_entry_point(pipe, mon
     assert url == "https://hub.example/acme/tiny/commit/abc"
     assert seen["repo_id"] == "acme/tiny" and seen["private"] is True
     assert {"README.md", "model_index.json", "vqvae/config.json", "prior/config.json"} <= set(seen["files"])
+
+
+# --- loading the way diffusers / transformers users load ----------------------------------------------------
+
+GENERIC_LOAD = """
+import sys, torch, diffusers, transformers
+from vqvae_transformer import VQVAETransformerPipeline
+folder = sys.argv[1]
+ours = VQVAETransformerPipeline.from_pretrained(folder)
+generic = diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+assert type(generic) is VQVAETransformerPipeline, type(generic)
+for pipe in (ours, generic):
+    pipe.set_progress_bar_config(disable=True)
+same = torch.equal(ours(seed=4, output_type="pt").images, generic(seed=4, output_type="pt").images)
+vqvae = diffusers.AutoModel.from_pretrained(folder, subfolder="vqvae")
+prior = transformers.AutoModelForCausalLM.from_pretrained(folder, subfolder="prior")
+vq_same = all(torch.equal(a, b) for a, b in zip(vqvae.state_dict().values(), ours.vqvae.state_dict().values()))
+prior_same = all(torch.equal(a, b) for a, b in zip(prior.state_dict().values(), ours.prior.state_dict().values()))
+print("generic-load", same, type(vqvae).__name__, vq_same, type(prior).__name__, prior_same)
+try:
+    diffusers.DiffusionPipeline.from_pretrained(folder)
+except ValueError as err:
+    print("untrusted:", "trust_remote_code" in str(err))
+"""
+
+
+def run_outside_the_clone(code: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter from ``cwd`` (not the clone), so only the installed package is found."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**clean, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home"),
+                               **env})
+
+
+def test_diffusers_and_transformers_generic_loaders_give_the_same_model(saved, tmp_path):
+    """DiffusionPipeline / AutoModel / AutoModelForCausalLM load the saved folder in a fresh process (installed
+    package, run from outside the clone) and generate what VQVAETransformerPipeline.from_pretrained generates."""
+    result = run_outside_the_clone(GENERIC_LOAD, str(saved), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generic-load True VQFirstStage True GPT2LMHeadModel True" in result.stdout, result.stdout
+    assert "untrusted: True" in result.stdout  # diffusers itself refuses the shim without trust_remote_code
+
+
+def test_a_foreign_pipeline_py_is_refused(saved, tmp_path):
+    folder = tmp_path / "tampered"
+    for file in saved.rglob("*"):
+        if file.is_file():
+            (folder / file.relative_to(saved)).parent.mkdir(parents=True, exist_ok=True)
+            (folder / file.relative_to(saved)).write_bytes(file.read_bytes())
+    (folder / "pipeline.py").write_text(SHIM_SOURCE + "\nprint('surprise')\n")
+    with pytest.raises(UserInputError, match="not the loader shim") as refused:
+        VQVAETransformerPipeline.from_pretrained(folder)
+    assert "\n" not in str(refused.value)
+
+
+def test_folders_saved_before_the_shim_still_load(pipe, saved, tmp_path):
+    folder = tmp_path / "pre_shim"
+    for part in ("vqvae", "prior"):
+        (folder / part).mkdir(parents=True)
+        for file in (saved / part).iterdir():
+            (folder / part / file.name).write_bytes(file.read_bytes())
+    index = json.loads((saved / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "VQVAETransformerPipeline"}))
+    loaded = VQVAETransformerPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(pipe(seed=2, output_type="pt").images, loaded(seed=2, output_type="pt").images)
+
+
+def test_save_pretrained_refuses_push_to_hub(pipe, tmp_path):
+    with pytest.raises(UserInputError, match="push_to_hub"):
+        pipe.save_pretrained(tmp_path, push_to_hub=True)

@@ -127,13 +127,50 @@ def test_two_cpu_processes_train_with_one_codebook(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                 "127.0.0.1", "--master_port", str(port)]
     result = subprocess.run([*torchrun, "-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE,
-                             "--vqvae_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2",
-                             "--output_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env=env)
+                             "--vqvae_steps", "4", "--checkpointing_steps", "1", "--checkpoints_total_limit", "10",
+                             "--eval_steps", "2", "--output_dir", str(tmp_path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MULTI_CPU, 2 process(es)" in result.stderr
     assert (tmp_path / "vqvae" / "config.json").is_file()
-    assert (tmp_path / "checkpoints" / "vqvae" / "checkpoint-4").is_dir()
+    checkpoints = tmp_path / "checkpoints" / "vqvae"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f"checkpoint-{i}" for i in (1, 2, 3, 4)]
+    for folder in checkpoints.iterdir():  # every rank's state landed in the renamed folder
+        assert (folder / "random_states_0.pkl").is_file() and (folder / "random_states_1.pkl").is_file(), folder
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        torchrun[-1] = str(sock.getsockname()[1])
+    resumed = subprocess.run([*torchrun, "-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE,
+                              "--vqvae_steps", "4", "--checkpointing_steps", "1", "--eval_steps", "2",
+                              "--resume_from_checkpoint", str(checkpoints / "checkpoint-2"),
+                              "--output_dir", str(tmp_path / "resumed")], cwd=REPO, capture_output=True, text=True,
+                             timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full, again = weights(tmp_path / "vqvae"), weights(tmp_path / "resumed" / "vqvae")
+    assert all(torch.equal(full[k], again[k]) for k in full)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143_with_one_line(tmp_path):
+    args = ["-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE, "--vqvae_steps", "400",
+            "--checkpointing_steps", "1000", "--eval_steps", "2", "--output_dir", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "figures" / "vqvae_curves.png").is_file() \
+            and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step ") and "--resume_from_checkpoint latest" in last, last
+    step = int(last.split("interrupted at step ")[1].split()[0])
+    assert (tmp_path / "checkpoints" / "vqvae" / f"checkpoint-{step}").is_dir()
+    resumed = run([*args[:args.index("400")], str(step + 1), *args[args.index("400") + 1:],
+                   "--resume_from_checkpoint", "latest"])
+    assert f"at step {step}" in resumed.stderr
+    assert (tmp_path / "vqvae" / "config.json").is_file()
 
 
 def test_bad_flags_exit_2_with_one_line(tmp_path):

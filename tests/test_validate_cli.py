@@ -92,6 +92,20 @@ def test_copies_fail_memorization_then_pass_with_loose_thresholds(model_dir, cop
     for rel in report["figures"].values():
         assert (out / rel).is_file() and f"]({rel})" in markdown
     assert "max_memorization" in capsys.readouterr().out  # the summary table
+    # Intervals (issue 12): shown beside the point estimates, which are what the thresholds judge.
+    assert report["domain_kid"] is not None and report["domain_kid_real"] is not None
+    for key in ("real_test_accuracy", "gan_test_accuracy", "cas_accuracy", "gan_test_ratio", "cas_ratio",
+                "fid_ratio", "domain_kid", "domain_kid_real"):
+        entry = report["intervals"][key]
+        assert {"estimate", "ci_low", "ci_high", "ci_level", "n_resamples"} <= set(entry), key
+        assert entry["ci_level"] == 0.95 and entry["n_resamples"] > 0, key
+        assert entry["ci_low"] <= entry["ci_high"], key
+    for key in ("real_test_accuracy", "gan_test_accuracy", "cas_accuracy", "gan_test_ratio", "cas_ratio"):
+        assert report["intervals"][key]["estimate"] == pytest.approx(report[key]), key
+    assert "std" in report["intervals"]["domain_kid"]
+    low, high = report["per_user"]["1"]["intervals"]["gan_test_accuracy"]
+    assert 0.0 <= low <= report["per_user"]["1"]["gan_test_accuracy"] <= high <= 1.0
+    assert "domain_kid" in markdown and "[" in markdown.split("## Per user")[1]  # "0.93 [0.89, 0.96]" figures
 
     assert _run(model_dir, copied_generated, out, *LOOSE) == 0
     again = json.loads((out / "validation_report.json").read_text())

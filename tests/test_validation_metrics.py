@@ -221,3 +221,81 @@ def test_lpips_is_measured_only_with_pretrained_weights():
     available, _ = lpips_status()
     assert (value is not None) == available
     assert reason
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Intervals and the kernel distance (issue 12)
+
+
+def _correct(n_per_user: int, users: int, p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[users * n_per_user]`` bool correctness with rate ``p`` and the users as strata."""
+    generator = torch.Generator().manual_seed(seed)
+    correct = torch.rand(users * n_per_user, generator=generator) < p
+    return correct, torch.arange(users).repeat_interleave(n_per_user)
+
+
+def test_bootstrap_accuracy_interval_contains_estimate_and_narrows_with_more_samples():
+    small = M.bootstrap_accuracy_ci(*_correct(5, 31, 0.85, seed=0), n_resamples=500)
+    large = M.bootstrap_accuracy_ci(*_correct(50, 31, 0.85, seed=0), n_resamples=500)
+    for interval in (small, large):
+        assert interval.ci_low <= interval.estimate <= interval.ci_high
+        assert interval.ci_level == 0.95 and interval.n_resamples == 500
+    assert (large.ci_high - large.ci_low) < 0.5 * (small.ci_high - small.ci_low)
+
+
+def test_intervals_are_deterministic_for_a_seed():
+    correct, users = _correct(5, 8, 0.7, seed=1)
+    assert M.bootstrap_accuracy_ci(correct, users, seed=3) == M.bootstrap_accuracy_ci(correct, users, seed=3)
+    ratio = M.bootstrap_ratio_ci(correct, users, correct | True, users, paired=True, seed=3)
+    assert ratio == M.bootstrap_ratio_ci(correct, users, correct | True, users, paired=True, seed=3)
+    features = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 4
+    fid_a = M.bootstrap_fid_ratio_ci(features[:20], labels[:20], features[20:], labels[20:], seed=2, n_resamples=20)
+    fid_b = M.bootstrap_fid_ratio_ci(features[:20], labels[:20], features[20:], labels[20:], seed=2, n_resamples=20)
+    assert fid_a == fid_b and fid_a.ci_low <= fid_a.estimate <= fid_a.ci_high
+    assert M.kernel_distance(features[:20], features[20:], seed=5) == M.kernel_distance(features[:20], features[20:],
+                                                                                        seed=5)
+
+
+def test_paired_ratio_of_identical_classifiers_is_exactly_one():
+    correct, users = _correct(5, 10, 0.8, seed=2)
+    ratio = M.bootstrap_ratio_ci(correct, users, correct, users, paired=True, n_resamples=200)
+    assert ratio.estimate == ratio.ci_low == ratio.ci_high == pytest.approx(1.0)
+    independent = M.bootstrap_ratio_ci(correct, users, correct, users, paired=False, n_resamples=200)
+    assert independent.ci_low < 1.0 < independent.ci_high  # unpaired resampling would wrongly widen it
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = M.wilson_interval(4, 5)
+    assert (low, high) == pytest.approx((0.3755, 0.9638), abs=1e-4)
+    assert M.wilson_interval(5, 5)[1] == 1.0 and M.wilson_interval(0, 5)[0] == 0.0
+    assert M.wilson_interval(0, 0) == (None, None)
+
+
+def test_frechet_distance_features_matches_torchmetrics_domain_fid():
+    import numpy as np
+    from scipy import linalg
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(30, 5, generator=generator).double(), (torch.randn(25, 5, generator=generator) + 0.5).double()
+    mu_a, mu_b = a.mean(0).numpy(), b.mean(0).numpy()
+    cov_a, cov_b = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b) - 2 * np.trace(linalg.sqrtm(cov_a @ cov_b).real)
+    assert float(M.frechet_distance_features(a.numpy(), b.numpy())) == pytest.approx(expected, rel=1e-8)
+
+
+def test_kid_is_near_zero_for_one_gaussian_and_grows_with_the_shift():
+    generator = torch.Generator().manual_seed(0)
+    d = 16
+
+    def sample(shift: float) -> torch.Tensor:
+        return torch.randn(200, d, generator=generator) + shift
+
+    reference = sample(0.0)
+    same, same_std = M.kernel_distance(reference, sample(0.0), subsets=50)
+    assert abs(same.estimate) < 3 * same_std + 1e-3  # unbiased: about 0, either sign
+    shifts = [M.kernel_distance(reference, sample(s), subsets=50)[0].estimate for s in (0.5, 1.0, 2.0)]
+    assert 0 < shifts[0] < shifts[1] < shifts[2]
+    assert shifts[0] > 10 * max(abs(same.estimate), same_std / 10)
+    assert same.ci_low <= same.estimate <= same.ci_high
+    real_floor, _ = M.kernel_distance_real(reference, torch.arange(200) % 4, subsets=20)
+    assert abs(real_floor.estimate) < shifts[0]

@@ -24,7 +24,7 @@ DEFAULT_DATASET_DESCRIPTION = (
     "Without a data folder, training uses the embedded simulator of people walking towards a radar "
     "(Boulic-Thalmann gait model, ellipsoid body segments, STFT spectrogram)."
 )
-# Training state (Accelerate save_state) lives in checkpoints/ and is never pushed (DESIGN.md §3).
+# Training state (Accelerate save_state) lives in checkpoints/ and is never pushed (docs/DESIGN.md §3).
 PUSH_IGNORE_PATTERNS = ["checkpoints/*", "checkpoints/**", "*.tmp"]
 SUMMARY_FILE = "training_summary.json"
 SAMPLE_GRID_FILE = "sample_grid.png"

@@ -8,7 +8,7 @@ Pretrained LPIPS needs two files on disk:
 
 :func:`lpips_status` checks both without touching the network; :func:`load_pretrained_lpips` builds the
 metric only when both are there. A random backbone (``lpips.LPIPS(pnet_rand=True)``) is never built here:
-its figures are not LPIPS (DESIGN.md §4, §7).
+its figures are not LPIPS (docs/DESIGN.md §4, §7).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Install the requirements into this interpreter or a virtual environment, then check the result.
+"""Install the requirements and the project into this interpreter or a virtual environment, then check.
 
 Standard library only, so it runs on a bare Python before anything is installed. Non-interactive and
 idempotent: an existing virtual environment is reused, never deleted; ``pip install -r`` on a satisfied
-environment changes nothing. Used by ``setup_environment.py``.
+environment changes nothing, and ``pip install --no-deps -e PROJECT`` (the clone, described by its
+``pyproject.toml``) only refreshes the editable link. Used by ``setup_environment.py``.
 """
 
 from __future__ import annotations
@@ -63,16 +64,19 @@ def needs_venv_creation(venv_dir: Path) -> bool:
     return True
 
 
-def plan_steps(requirements: Path, check_script: Path, venv_dir: Path | None = None) -> list[Step]:
+def plan_steps(requirements: Path, check_script: Path, venv_dir: Path | None = None,
+               project_dir: Path | None = None) -> list[Step]:
     """The commands the set-up runs, in order.
 
     Args:
         requirements: requirements file for ``pip install -r``.
         check_script: ``check_environment.py``, run last with the target interpreter.
         venv_dir: install into this virtual environment (created when missing) instead of ``sys.executable``.
+        project_dir: the clone (holding ``pyproject.toml``) to install editable without dependencies, so
+            ``import vqvae_transformer`` works from any folder; None skips that step.
 
     Returns:
-        Steps: [create venv], pip install, CUDA report, environment check.
+        Steps: [create venv], pip install -r, [pip install --no-deps -e project], CUDA report, environment check.
     """
     steps = []
     python = sys.executable
@@ -81,6 +85,9 @@ def plan_steps(requirements: Path, check_script: Path, venv_dir: Path | None = N
             steps.append(Step(f"create virtual environment {venv_dir}", [sys.executable, "-m", "venv", str(venv_dir)]))
         python = str(venv_python(venv_dir))
     steps.append(Step(f"install {requirements}", [python, "-m", "pip", "install", "-r", str(requirements)]))
+    if project_dir is not None:
+        steps.append(Step(f"install the project {project_dir} (editable)",
+                          [python, "-m", "pip", "install", "--no-deps", "-e", str(project_dir)]))
     steps.append(Step("report torch and CUDA", [python, "-c", CUDA_PROBE], required=False))
     steps.append(Step("check the environment",
                       [python, str(check_script), "--requirements", str(requirements)], required=False))
@@ -113,18 +120,22 @@ def run_steps(steps: list[Step]) -> int:
     return code
 
 
-def setup(requirements: Path, check_script: Path, venv_dir: Path | None = None, dry_run: bool = False) -> int:
-    """Install ``requirements`` (into ``venv_dir`` when given), report CUDA, run the environment check.
+def setup(requirements: Path, check_script: Path, venv_dir: Path | None = None, dry_run: bool = False,
+          project_dir: Path | None = None) -> int:
+    """Install ``requirements`` and ``project_dir`` (into ``venv_dir`` when given), report CUDA, run the check.
 
     Returns:
         0 when everything installed and the check passed; the check's exit code, or 1 when pip failed.
 
     Raises:
-        UserInputError: the requirements file is missing or ``venv_dir`` cannot be used.
+        UserInputError: the requirements file is missing, ``project_dir`` has no ``pyproject.toml`` or
+            ``venv_dir`` cannot be used.
     """
     if not requirements.is_file():
         raise UserInputError(f"--requirements {requirements} is not a file")
-    steps = plan_steps(requirements.resolve(), check_script, venv_dir)
+    if project_dir is not None and not (project_dir / "pyproject.toml").is_file():
+        raise UserInputError(f"{project_dir} holds no pyproject.toml; run setup_environment.py from a full clone")
+    steps = plan_steps(requirements.resolve(), check_script, venv_dir, project_dir)
     if dry_run:
         print_plan(steps)
         return 0

@@ -26,11 +26,15 @@ from ..data.provenance import load_model_data
 from ..errors import UserInputError
 from ..models.first_stage import load_first_stage
 from ..models.quantizer import code_statistics
+from ..output_folder import prepare_output_folder
 from ..validation.reconstruction import code_counts, encode_tokens
 
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "codebook_report.json"
+HISTOGRAM_FILE = "codebook_usage_histogram.png"
+HEATMAP_FILE = "codebook_user_heatmap.png"
+TOOL_NAME = "vqvae_transformer.analysis.codebook"
 
 
 def locate_first_stage(model_dir: Path) -> Path:
@@ -126,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", default=None, help="encode every image of this ID_<k> folder instead of the "
                         "model's validation split")
     parser.add_argument("--output_dir", default="codebook_analysis", help="where the report and plots go")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --output_dir holding files this tool did not write; they are kept, and "
+                             "one in the way of the report or plots is still refused (re-running into its own "
+                             "folder needs no flag)")
     parser.add_argument("--plot", action="store_true", help="also write the usage histogram and user heat-map")
     parser.add_argument("--min_count", type=int, default=5, help="distinctive codes: minimum occurrences")
     parser.add_argument("--min_share", type=float, default=0.5, help="distinctive codes: minimum share of one user")
@@ -146,18 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
         raise UserInputError(f"--model_dir {model_dir} does not exist; train a model with train_main.py first")
+    folder = prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=args.overwrite,
+                                   reserved=[REPORT_FILE, HISTOGRAM_FILE, HEATMAP_FILE])
     first_stage = load_first_stage(locate_first_stage(model_dir)).eval()
     data = load_images(model_dir, args.data_dir, first_stage)
     k = first_stage.config.num_vq_embeddings
     tokens = encode_tokens(first_stage, data.images, args.batch_size)  # (N, h, w)
     report = codebook_report(tokens, data.labels, data.user_ids, k, args.min_count, args.min_share)
     report["source"] = data.source if args.data_dir else f"validation split of {model_dir}"
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.path
+    written = [REPORT_FILE] + ([HISTOGRAM_FILE, HEATMAP_FILE] if args.plot else [])
+    folder.record(added=written)  # registered before they appear
     write_json_atomic(out / REPORT_FILE, report)
     if args.plot:
-        save_usage_histogram(code_counts(tokens, k), out / "codebook_usage_histogram.png")
-        save_heatmap(tokens, data.labels, data.user_ids, k, out / "codebook_user_heatmap.png")
+        save_usage_histogram(code_counts(tokens, k), out / HISTOGRAM_FILE)
+        save_heatmap(tokens, data.labels, data.user_ids, k, out / HEATMAP_FILE)
     print(f"codebook usage {report['codebook_usage']:.1%} ({report['used_codes']}/{k} codes), perplexity "
           f"{report['codebook_perplexity']:.1f}, normalised entropy {report['normalized_entropy']:.3f}, "
           f"dead codes {report['dead_codes']}, distinctive codes per user: mean "

@@ -6,7 +6,7 @@ the first N. Every image, of any size and PIL mode, becomes a ``[C, R, R]`` floa
 ``C`` is 1 when all images are grayscale, 3 otherwise, unless forced.
 
 A plain ``os.scandir`` + PIL loader is used rather than ``datasets.load_dataset("imagefolder")``, which orders
-labels as strings and keeps corrupt images as rows that fail late (DESIGN.md §7). Decoded tensors are kept
+labels as strings and keeps corrupt images as rows that fail late (docs/DESIGN.md §7). Decoded tensors are kept
 in memory for the process, so the stages of one run decode the folder once.
 """
 

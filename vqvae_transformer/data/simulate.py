@@ -9,7 +9,10 @@ The output is deterministic (same arguments ⇒ byte-identical files) and atomic
 a temporary sibling folder that is renamed into place at the end, so an interrupted run never leaves a
 half-written dataset. An existing non-empty ``output_dir`` is an error, unless it is exactly a complete
 previous run with the same parameters (its ``persons.json`` records them), in which case it is reused
-as is and nothing is written.
+as is and nothing is written. So the simulator never replaces or deletes a file in ``output_dir`` (its
+``persons.json`` plays the role of the other tools' ownership manifest, see
+:mod:`vqvae_transformer.output_folder`). The staging folder ``.<name>.partial-<host>-<pid>-*`` of a killed run
+is removed by the next run; SIGTERM removes it at once (one line, exit 130).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Sequence
 
@@ -31,6 +33,8 @@ from PIL import Image
 
 from ..cli import run_cli, setup_logging
 from ..errors import UserInputError
+from ..output_folder import (check_writable, clear_stale_staging, list_files, make_staging_dir,
+                             sigterm_as_keyboard_interrupt)
 from .simulator import PersonTraits, RadarConfig, draw_persons, simulate_spectrogram, spectrogram_to_image
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ logger = logging.getLogger(__name__)
 FORMAT_TAG = "vqvae_transformer.simulator/1"
 PERSONS_FILE = "persons.json"
 COLORMAPS = ("gray", "jet")
+STAGING_KIND = "partial"
 
 
 def recording_rng(seed: int, user_id: int) -> np.random.Generator:
@@ -172,10 +177,13 @@ def simulate_dataset(
         if _is_complete_run(output, parameters):
             logger.info("%s already holds this simulated dataset; reusing it", output)
             return output
-        raise UserInputError(f"--output_dir {output} exists and is not empty; choose a new or empty folder")
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+        example = next((rel for rel in list_files(output)), None)
+        detail = f" (e.g. {example})" if example else ""
+        raise UserInputError(f"--output_dir {output} exists and is not empty{detail}; nothing was changed: choose "
+                             "a new or empty folder")
+    check_writable(output, staging_beside=True)
+    clear_stale_staging(output, STAGING_KIND)
+    staging = make_staging_dir(output, STAGING_KIND)
     try:
         _simulate_into(staging, parameters, show_progress, workers)
         return _move_into_place(staging, output, parameters)
@@ -283,15 +291,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _validate(args.num_users, args.samples_per_user, args.resolution, args.seed, args.colormap)
     if not args.output_dir.strip():
         raise UserInputError("--output_dir must not be empty")
-    path = simulate_dataset(
-        args.output_dir,
-        num_users=args.num_users,
-        samples_per_user=args.samples_per_user,
-        resolution=args.resolution,
-        seed=args.seed,
-        colormap=args.colormap,
-        show_progress=not args.no_progress,
-    )
+    with sigterm_as_keyboard_interrupt():  # SIGTERM: staging removed, "interrupted", exit 130
+        path = simulate_dataset(
+            args.output_dir,
+            num_users=args.num_users,
+            samples_per_user=args.samples_per_user,
+            resolution=args.resolution,
+            seed=args.seed,
+            colormap=args.colormap,
+            show_progress=not args.no_progress,
+        )
     logger.info("dataset ready at %s", path)
     return 0
 

@@ -9,7 +9,7 @@ transform (Doppler vertical, approaching = positive = up, time horizontal).
 
 Identities come from per-person traits drawn once from a seed (:func:`draw_persons`); every recording
 adds nuisances (start phase, ±5 % speed, aspect angle, range, noise) from the caller's generator.
-See ``/work/shared/microdoppler_model.md`` for the facts this rests on.
+See ``docs/microdoppler_model.md`` for the facts this rests on.
 
 Coordinates: x forward (walking direction, towards the radar), y to the person's left, z up; metres,
 seconds, degrees in the gait tables, radians inside the kinematics.

@@ -1,13 +1,15 @@
 """Generate N spectrograms per user into ``ID_<k>/`` folders, a grid and a JSON of the settings.
 
-Output layout (DESIGN.md §3 "Generated output")::
+Output layout (docs/DESIGN.md §3 "Generated output")::
 
     output_dir/ID_<k>/gen_0000.png ...   same id convention and channels as the training data
     output_dir/grid.png                  rows = users, columns = the first samples of each user
     output_dir/generation_info.json      model, sampling settings, seed, ids, counts, timings
 
-Everything is written into a temporary sibling folder first and then moved into place, so an interrupted run
-leaves no half-written user folder. The same seed (and batch size) gives byte-identical PNGs.
+Users are sampled in groups; each group is written into a temporary sibling folder first and then moved into
+place and listed in the folder's manifest, so an interrupted run leaves only finished users (``--skip_existing``
+resumes it). The same seed, batch size and flags give byte-identical PNGs. Nothing this tool did not write is
+ever replaced or deleted (:mod:`vqvae_transformer.output_folder`).
 
 The command-line front end is ``generate_main.py``; :func:`run_generate_cli` holds its logic.
 """
@@ -15,33 +17,37 @@ The command-line front end is ``generate_main.py``; :func:`run_generate_cli` hol
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import torch
 from torchvision.utils import make_grid
 
+from ..atomic import write_json_atomic
 from ..errors import UserInputError
 from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE, VQVAETransformerPipeline, tensor_to_pil
+from ..output_folder import (OutputFolder, clear_stale_staging, make_staging_dir, prepare_output_folder,
+                             sigterm_as_keyboard_interrupt)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL_DIR", "generate_to_folder", "make_user_grid", "resolve_device", "run_generate_cli",
-           "validate_generate_args"]
+__all__ = ["DEFAULT_MODEL_DIR", "generate_to_folder", "group_seed", "make_user_grid", "resolve_device",
+           "run_generate_cli", "validate_generate_args"]
 
 DEFAULT_MODEL_DIR = "outputs/vqvae_transformer"
 DEFAULT_OUTPUT_DIR = "generated_images"
 GRID_COLUMNS = 8
 INFO_FILE = "generation_info.json"
 GRID_FILE = "grid.png"
+TOOL_NAME = "generate_main.py"
+STAGING_KIND = "tmp"
 
 
 def make_user_grid(pixels: torch.Tensor, user_ids: Sequence[int], per_user: int,
@@ -85,17 +91,69 @@ def _write_user_folders(staging: Path, pixels: torch.Tensor, image_ids: Sequence
     return counts
 
 
-def _move_into_place(staging: Path, output_dir: Path, names: Sequence[str]) -> None:
-    """Replace ``output_dir/<name>`` by ``staging/<name>`` for each name; the old copy is dropped afterwards."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    trash = staging / ".replaced"
-    trash.mkdir()
-    for name in names:
-        target = output_dir / name
-        if target.exists() or target.is_symlink():
-            os.replace(target, trash / name)
-        os.replace(staging / name, target)
-    shutil.rmtree(trash)
+def _user_groups(ids: Sequence[int], samples_per_user: int, batch_size: int) -> list[list[int]]:
+    """Consecutive users sampled (and committed to disk) together: about ``batch_size`` sequences per group."""
+    per_group = max(1, batch_size // samples_per_user)
+    return [list(ids[i:i + per_group]) for i in range(0, len(ids), per_group)]
+
+
+def group_seed(seed: int, group: Sequence[int]) -> int:
+    """The pipeline seed of one user group, derived from the run's ``seed`` and the group's user ids."""
+    state = np.random.SeedSequence([int(seed) % 2**63, *[int(u) for u in group]]).generate_state(1, np.uint64)
+    return int(state[0]) >> 1  # 63-bit, valid for torch.manual_seed
+
+
+def _user_files(user_id: int, samples_per_user: int) -> list[str]:
+    """Relative paths of one user's generated images."""
+    return [f"ID_{user_id}/gen_{i:04d}.png" for i in range(samples_per_user)]
+
+
+def _commit_user(folder: OutputFolder, staging: Path, user_id: int, settings: dict) -> int:
+    """Move ``staging/ID_<k>/*`` into ``folder``, removing only this tool's earlier files of that user."""
+    name = f"ID_{user_id}"
+    new = sorted(f"{name}/{p.name}" for p in (staging / name).iterdir())
+    old = sorted(rel for rel in folder.files if rel.startswith(name + "/") and rel not in new)
+    users = dict(folder.meta.get("users", {}))
+    users.pop(str(user_id), None)
+    folder.record(added=new, meta={**folder.meta, "users": users})  # registered before they appear
+    target = folder.path / name
+    target.mkdir(parents=True, exist_ok=True)
+    for rel in old:  # this tool's own earlier images of the user (prepare_output_folder refused foreign ones)
+        (folder.path / rel).unlink(missing_ok=True)
+    for rel in new:
+        os.replace(staging / rel, folder.path / rel)
+    users[str(user_id)] = settings
+    folder.record(removed=old, meta={**folder.meta, "users": users})
+    return len(new)
+
+
+def _user_complete(folder: OutputFolder, user_id: int, samples_per_user: int, settings: dict) -> bool:
+    """--skip_existing: True when the user's images are all listed and present and were made with ``settings``.
+
+    Raises:
+        UserInputError: the user's images in the folder were generated with other settings.
+    """
+    recorded = folder.meta.get("users", {}).get(str(user_id))
+    if recorded is None or not all(folder.owns(rel) for rel in _user_files(user_id, samples_per_user)):
+        return False
+    if recorded != settings:
+        changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+        raise UserInputError(f"--skip_existing: ID_{user_id} in {folder.path} was generated with other settings "
+                             f"({', '.join(changed)} differ); rerun with the same flags, or drop --skip_existing "
+                             "to regenerate")
+    return True
+
+
+def _read_grid_pixels(output_dir: Path, ids: Sequence[int], columns: int) -> torch.Tensor:
+    """The first ``columns`` images of each user read back from disk, ``[U * columns, C, R, R]`` in [0, 1]."""
+    images = []
+    for user_id in ids:
+        for rel in _user_files(user_id, columns):
+            with PIL.Image.open(output_dir / rel) as image:
+                array = np.asarray(image)
+            tensor = torch.from_numpy(array.copy()).float() / 255.0
+            images.append(tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1))
+    return torch.stack(images)
 
 
 def generate_to_folder(
@@ -111,11 +169,20 @@ def generate_to_folder(
     seed: int = 0,
     model_dir: str | None = None,
     grid_columns: int = GRID_COLUMNS,
+    overwrite: bool = False,
+    skip_existing: bool = False,
 ) -> dict:
     """Generate ``samples_per_user`` images per user and write them in the dataset layout.
 
-    Only the ``ID_<k>`` folders of the requested users, ``grid.png`` and ``generation_info.json`` are
-    replaced; other folders already in ``output_dir`` are left alone.
+    Ownership (see :mod:`vqvae_transformer.output_folder`): files this tool wrote earlier (listed in the
+    folder's manifest) are replaced; any other file makes it refuse, unless ``overwrite``, which writes beside
+    such files (never inside a requested ``ID_<k>`` folder holding them). ``ID_<k>`` folders of users not
+    requested are left alone.
+
+    Users are sampled in groups of about ``batch_size`` sequences, each group with a seed derived from
+    ``seed`` and its user ids, and each group is moved into place (and listed in the manifest) as soon as it is
+    written: an interrupted run keeps the finished users, and ``skip_existing`` resumes it. With the same flags,
+    a resumed run's files are byte-identical to an uninterrupted run's.
 
     Args:
         pipeline: a loaded :class:`VQVAETransformerPipeline`.
@@ -127,51 +194,75 @@ def generate_to_folder(
         model_dir: what the model was loaded from, recorded in the JSON (defaults to the pipeline's
             ``_name_or_path``).
         grid_columns: at most this many samples per user in ``grid.png``.
+        overwrite: allow foreign files in ``output_dir`` (they are kept).
+        skip_existing: keep users whose images this tool already wrote with the same settings.
 
     Returns:
         The dict written to ``generation_info.json``.
 
     Raises:
-        UserInputError: unknown user ids, bad sampling settings or an ``output_dir`` that is a file.
+        UserInputError: unknown user ids, bad sampling settings, an unwritable ``output_dir`` or foreign files
+            in the way (all before any image is sampled).
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserInputError(f"output_dir {output_dir} is a file; pass a folder")
     ids = [pipeline.user_ids[label] for label in pipeline.labels_for(user_ids)]  # validates before sampling
+    folder = prepare_output_folder(output_dir, TOOL_NAME, overwrite=overwrite,
+                                   reserved=[f"ID_{k}" for k in ids] + [GRID_FILE, INFO_FILE], staging_beside=True)
+    clear_stale_staging(output_dir, STAGING_KIND)
+    resolved_model = model_dir if model_dir is not None else pipeline.config.get("_name_or_path")
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "guidance_scale": guidance_scale,
+                "batch_size": batch_size, "seed": seed}
+    settings = {"model_dir": resolved_model, "samples_per_user": samples_per_user, **sampling}
+    done = {k for k in ids if skip_existing and _user_complete(folder, k, samples_per_user, settings)}
 
-    start = time.perf_counter()
-    result = pipeline(user_ids=ids, num_images_per_user=samples_per_user, temperature=temperature, top_k=top_k,
-                      top_p=top_p, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
-                      output_type="pt")
-    seconds = time.perf_counter() - start
-    pixels = result.images  # (N, C, R, R) in [0, 1]
+    seconds, generated = 0.0, []
+    for group in _user_groups(ids, samples_per_user, batch_size):
+        if all(k in done for k in group):
+            continue
+        start = time.perf_counter()
+        result = pipeline(user_ids=group, num_images_per_user=samples_per_user, temperature=temperature, top_k=top_k,
+                          top_p=top_p, guidance_scale=guidance_scale, seed=group_seed(seed, group),
+                          batch_size=batch_size, output_type="pt")
+        seconds += time.perf_counter() - start
+        staging = make_staging_dir(output_dir, STAGING_KIND)
+        try:
+            _write_user_folders(staging, result.images, result.user_ids)
+            for user_id in group:
+                if user_id not in done:
+                    _commit_user(folder, staging, user_id, settings)
+                    generated.append(user_id)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    cols = min(samples_per_user, grid_columns)
+    pixels = _read_grid_pixels(output_dir, ids, cols)
+    num_generated = len(generated) * samples_per_user
+    info = {
+        "model_dir": resolved_model,
+        "output_dir": str(output_dir),
+        "user_ids": ids,
+        "samples_per_user": samples_per_user,
+        "num_images": len(ids) * samples_per_user,
+        "images_per_user": {str(k): samples_per_user for k in ids},
+        "generated_user_ids": generated,
+        "skipped_user_ids": [k for k in ids if k in done],
+        "resolution": int(pixels.shape[-1]),
+        "channels": int(pixels.shape[1]),
+        "sampling": sampling,
+        "device": str(pipeline.device),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(num_generated / seconds, 2) if seconds > 0 else None,
+    }
+    folder.record(added=[GRID_FILE, INFO_FILE])
+    grid_tmp = output_dir / f".{GRID_FILE}.{os.getpid()}.tmp.png"
     try:
-        counts = _write_user_folders(staging, pixels, result.user_ids)
-        make_user_grid(pixels, ids, samples_per_user, grid_columns).save(staging / GRID_FILE)
-        info = {
-            "model_dir": model_dir if model_dir is not None else pipeline.config.get("_name_or_path"),
-            "output_dir": str(output_dir),
-            "user_ids": ids,
-            "samples_per_user": samples_per_user,
-            "num_images": int(pixels.shape[0]),
-            "images_per_user": {str(k): v for k, v in counts.items()},
-            "resolution": int(pixels.shape[-1]),
-            "channels": int(pixels.shape[1]),
-            "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p,
-                         "guidance_scale": guidance_scale, "batch_size": batch_size, "seed": seed},
-            "device": str(pipeline.device),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(pixels.shape[0] / seconds, 2) if seconds > 0 else None,
-        }
-        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        _move_into_place(staging, output_dir, [f"ID_{k}" for k in ids] + [GRID_FILE, INFO_FILE])
+        make_user_grid(pixels, ids, cols, grid_columns).save(grid_tmp)
+        os.replace(grid_tmp, output_dir / GRID_FILE)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("wrote %d images for %d users to %s in %.1f s (%.1f images/s)", info["num_images"], len(ids),
-                output_dir, seconds, info["images_per_second"] or 0.0)
+        grid_tmp.unlink(missing_ok=True)
+    write_json_atomic(output_dir / INFO_FILE, info)
+    logger.info("wrote %d images for %d users to %s in %.1f s (%.1f images/s); kept %d users already there",
+                num_generated, len(generated), output_dir, seconds, info["images_per_second"] or 0.0, len(done))
     return info
 
 
@@ -237,10 +328,15 @@ def run_generate_cli(args: argparse.Namespace) -> dict:
         The generation info (also written to ``generation_info.json``).
     """
     validate_generate_args(args)
+    overwrite, skip_existing = getattr(args, "overwrite", False), getattr(args, "skip_existing", False)
+    # Cheap folder checks first (writability, foreign files), again with the user ids once the model is loaded.
+    prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=overwrite, staging_beside=True)
     device = resolve_device(args.device)
     pipeline = load_pipeline(args.model_dir, device)
-    return generate_to_folder(
-        pipeline, args.output_dir, samples_per_user=args.samples_per_user, user_ids=args.user_ids,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale,
-        batch_size=args.batch_size, seed=args.seed, model_dir=args.model_dir,
-    )
+    with sigterm_as_keyboard_interrupt():
+        return generate_to_folder(
+            pipeline, args.output_dir, samples_per_user=args.samples_per_user, user_ids=args.user_ids,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale,
+            batch_size=args.batch_size, seed=args.seed, model_dir=args.model_dir, overwrite=overwrite,
+            skip_existing=skip_existing,
+        )

@@ -1,16 +1,29 @@
 """Both stages behind one ``from_pretrained`` / ``__call__``: GPT-2 prior -> code tokens -> first stage -> images.
 
-A saved pipeline is a folder (DESIGN.md §3 "Saved model")::
+A saved pipeline is a folder (docs/DESIGN.md §3 "Saved model")::
 
-    model_index.json     pipeline class, component classes, user_ids, resolution, channels, value_range,
-                         format_version
+    model_index.json     ``_class_name`` ``["pipeline", "VQVAETransformerPipeline"]``, component classes, user_ids,
+                         resolution, channels, value_range, format_version
+    pipeline.py          a two-line loader shim that imports this module (the installed package)
     vqvae/               the first stage (config.json + diffusion_pytorch_model.safetensors)
     prior/               the GPT-2 prior (config.json + model.safetensors + generation_config.json)
 
+Loading (diffusers 0.42, docs/DESIGN.md §7): with the package installed, all of these give the same pipeline::
+
+    VQVAETransformerPipeline.from_pretrained(folder_or_repo_id)
+    diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+
+The second is diffusers' custom-pipeline mechanism: ``_class_name`` in list form ``[file, class]`` makes
+``DiffusionPipeline.from_pretrained`` import ``<folder>/pipeline.py`` (which diffusers runs only with
+``trust_remote_code=True``) and take the class from it. The shim holds no model code; it imports
+``vqvae_transformer.models.pipeline``. :meth:`VQVAETransformerPipeline.from_pretrained` checks that the folder's
+``pipeline.py`` is exactly the shim this release writes before letting diffusers import it, and also accepts
+folders saved before the shim existed (``_class_name`` a plain string, no ``pipeline.py``).
 ``model_index.json`` names ``["vqvae_transformer.models.first_stage", "VQFirstStage"]`` for the first stage;
-diffusers imports that module by name when loading, which works because the module has ``ModelMixin`` as a
-module-level name (DESIGN.md §7). Loading by Hub repo id fails inside diffusers for custom-package components,
-so :meth:`VQVAETransformerPipeline.from_pretrained` downloads the snapshot first and then loads the folder.
+diffusers imports that module by name, so ``diffusers.AutoModel.from_pretrained(folder, subfolder="vqvae")`` and
+``transformers.AutoModelForCausalLM.from_pretrained(folder, subfolder="prior")`` load the two stages alone. A Hub
+repo id is turned into a local snapshot first (``snapshot_download``, offline from the cache with
+``HF_HUB_OFFLINE=1``), then the folder is loaded.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from transformers import GPT2LMHeadModel
 
 from ..errors import UserInputError
 from . import first_stage as first_stage_module
+from .fingerprint import check_model_folder
 from .first_stage import VQFirstStage, KLFirstStage
 from .prior import sample_tokens, vocabulary_from_config
 
@@ -53,6 +67,16 @@ __all__ = ["DEFAULT_GUIDANCE_SCALE", "DEFAULT_TEMPERATURE", "FORMAT_VERSION", "V
            "VQVAETransformerPipelineOutput", "resolve_model_folder"]
 
 FORMAT_VERSION = 1
+# The loader shim save_pretrained writes beside model_index.json, and the [file, class] _class_name pointing at it.
+SHIM_MODULE = "pipeline"
+SHIM_SOURCE = '''"""Loader shim written by vqvae_transformer's save_pretrained; holds no model code.
+
+With the vqvae_transformer package installed, diffusers.DiffusionPipeline.from_pretrained(this_folder,
+trust_remote_code=True) imports this file and returns a VQVAETransformerPipeline.
+"""
+
+from vqvae_transformer.models.pipeline import VQVAETransformerPipeline  # noqa: F401
+'''
 OUTPUT_TYPES = ("pil", "pt", "np")
 _SEED_MODULUS = 2**63 - 1
 
@@ -129,6 +153,12 @@ def _check_saved_pipeline(folder: Path) -> dict:
                              "output folder of train_main.py")
     index = json.loads(index_file.read_text())
     class_name = index.get("_class_name")
+    if isinstance(class_name, list) and len(class_name) == 2:  # [file, class]: diffusers' custom-pipeline form
+        shim = folder / f"{class_name[0]}.py"
+        if class_name[0] != SHIM_MODULE or not shim.is_file() or shim.read_text() != SHIM_SOURCE:
+            raise UserInputError(f"{folder}/model_index.json points at {shim.name}, which is not the loader shim "
+                                 "this project writes; re-save the model with this project")
+        class_name = class_name[1]
     if class_name != VQVAETransformerPipeline.__name__:
         raise UserInputError(f"{folder} holds a {class_name!r}, not a {VQVAETransformerPipeline.__name__}; "
                              "point to a model saved by this project")
@@ -230,7 +260,12 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         if module_name != first_stage_module.__name__:
             raise UserInputError(f"{folder}/model_index.json names the first stage module {module_name!r}, "
                                  f"expected {first_stage_module.__name__!r}; re-save the model with this project")
+        # The folder's pipeline.py (if model_index.json names it) was checked to be our shim, which only imports
+        # this module: diffusers may import it.
+        if isinstance(index.get("_class_name"), list):
+            kwargs.setdefault("trust_remote_code", True)
         pipeline = super().from_pretrained(os.fspath(folder), **kwargs)
+        check_model_folder(folder)  # prior/ and model_index.json must belong to this vqvae/
         vqvae_version = pipeline.vqvae.config.get("format_version")
         if vqvae_version != first_stage_module.FORMAT_VERSION:
             raise UserInputError(f"{folder / 'vqvae'} was saved with first-stage format version {vqvae_version}, "
@@ -238,6 +273,30 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         pipeline.vqvae.eval()
         pipeline.prior.eval()
         return pipeline
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """``DiffusionPipeline.save_pretrained`` plus the loader shim ``pipeline.py`` (module docstring).
+
+        ``model_index.json`` gets ``_class_name`` ``["pipeline", "VQVAETransformerPipeline"]`` so that
+        ``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` returns this class.
+
+        Args:
+            save_directory: the folder (created when missing).
+            **kwargs: passed to ``DiffusionPipeline.save_pretrained`` (e.g. ``safe_serialization``); use
+                :meth:`push_to_hub` to upload.
+
+        Raises:
+            UserInputError: ``push_to_hub=True`` (it would upload before the shim is written).
+        """
+        if kwargs.pop("push_to_hub", False):
+            raise UserInputError("save_pretrained(push_to_hub=True) is not supported; call push_to_hub(repo_id)")
+        super().save_pretrained(save_directory, **kwargs)
+        folder = Path(save_directory)
+        (folder / f"{SHIM_MODULE}.py").write_text(SHIM_SOURCE)
+        index_file = folder / "model_index.json"
+        index = json.loads(index_file.read_text())
+        index["_class_name"] = [SHIM_MODULE, type(self).__name__]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     # ------------------------------------------------------------------ user ids
 

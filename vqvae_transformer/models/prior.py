@@ -1,6 +1,6 @@
 """Stage-2 prior: a GPT-2 language model over first-stage code indices, conditioned on a user token.
 
-Vocabulary (DESIGN.md §3 "Prior vocabulary")::
+Vocabulary (docs/DESIGN.md §3 "Prior vocabulary")::
 
     [0, K)          image codes (K = codebook_size)
     K + label       one token per user (label = 0-based user index, 0 <= label < N)
@@ -18,7 +18,7 @@ logits at ``c_i`` predict ``c_{i+1}``. Nothing here shifts a second time.
 
 Sampling is one batched, KV-cached ``generate()`` call; a logits processor masks every non-code id, and
 classifier-free guidance passes the null-user column as ``negative_prompt_ids`` (without it, transformers
-reuses the user token for the unconditional branch and guidance silently does nothing; DESIGN.md §7).
+reuses the user token for the unconditional branch and guidance silently does nothing; docs/DESIGN.md §7).
 """
 
 from __future__ import annotations
@@ -481,7 +481,7 @@ def sample_tokens(
         pad_token_id=vocab.null_token,  # never emitted (masked), only silences the "no pad token" path
     )
     if guidance_scale != 1.0:
-        # Without negative_prompt_ids the unconditional branch would reuse the user token (DESIGN.md §7).
+        # Without negative_prompt_ids the unconditional branch would reuse the user token (docs/DESIGN.md §7).
         gen_kwargs["guidance_scale"] = float(guidance_scale)
         gen_kwargs["negative_prompt_ids"] = torch.full_like(prompt, vocab.null_token)  # (B, 1)
         gen_kwargs["negative_prompt_attention_mask"] = torch.ones_like(prompt)

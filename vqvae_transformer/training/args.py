@@ -15,6 +15,15 @@ from .presets import apply_preset, resolve_preset
 
 DEFAULT_OUTPUT_DIR = "outputs/vqvae_transformer"
 
+# The flags a stage's weights depend on: saved in its checkpoints, and a resume with other values is refused.
+DATA_SETTINGS = ("data_dir", "dataset_name", "num_users", "resolution", "channels", "samples_per_user",
+                 "val_fraction", "seed")
+STAGE_SETTINGS = {
+    "vqvae": DATA_SETTINGS + ("first_stage", "block_out_channels", "latent_channels", "codebook_size",
+                              "codebook_dim", "use_l2_norm"),
+    "prior": DATA_SETTINGS + ("n_layer", "n_embd", "n_head", "token_order"),
+}
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises :class:`UserInputError` (one line, exit 2 through ``run_cli``) instead of exiting."""
@@ -83,6 +92,9 @@ def add_prior_args(parser: argparse.ArgumentParser) -> None:
                         "by row")
     g.add_argument("--user_dropout", type=float, default=None,
                    help="probability of replacing the user token by the null token (for guidance)")
+    g.add_argument("--prior_time_shifts", type=int, default=None,
+                   help="also encode each training image at this many random circular time shifts, so the prior "
+                        "sees several token grids per recording (preset: 0; 4 when the data is small)")
     g.add_argument("--prior_steps", type=int, default=None, help="optimiser steps of stage 2")
     g.add_argument("--prior_epochs", type=float, default=None, help="epochs of stage 2 (instead of --prior_steps)")
     g.add_argument("--prior_batch_size", type=int, default=None, help="batch size of stage 2")
@@ -126,7 +138,8 @@ def finalize_args(args: argparse.Namespace) -> str:
             if hasattr(args, key) and getattr(args, key) is None:
                 setattr(args, key, args.learning_rate)
     name, preset = resolve_preset(args.preset)
-    apply_preset(args, preset)
+    # What the preset filled may still follow the data size (stage 2 on small data); what was given never changes.
+    args.preset_filled = apply_preset(args, preset)
     validate_args(args)
     return name
 
@@ -148,6 +161,9 @@ def validate_args(args: argparse.Namespace) -> None:
         value = getattr(args, key, None)
         if value is not None and value <= 0:
             raise UserInputError(f"--{key} must be > 0, got {value}")
+    shifts = getattr(args, "prior_time_shifts", None)
+    if shifts is not None and shifts < 0:
+        raise UserInputError(f"--prior_time_shifts must be >= 0 (0: one token grid per image), got {shifts}")
     for key in ("user_dropout", "prior_dropout"):
         value = getattr(args, key, None)
         if value is not None and not 0.0 <= value < 1.0:
@@ -183,6 +199,7 @@ def loop_config(args: argparse.Namespace, stage: str, num_examples: int) -> Loop
         report_to=args.report_to, eval_steps=min(args.eval_steps, steps), tracker_name=f"{stage}",
         tracker_config={k: v for k, v in vars(args).items() if v is not None},
         stop_after_steps=_stop_after(args.stop_after_steps, stage),
+        resume_settings={k: getattr(args, k) for k in STAGE_SETTINGS[stage] if hasattr(args, k)},
     )
 
 

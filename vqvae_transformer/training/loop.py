@@ -3,6 +3,14 @@
 One loop, parameterised by a step function (batch -> loss and logs) and an evaluation function: devices, mixed
 precision, gradient accumulation, clipping, warm-up + cosine schedule, checkpoints ``checkpoint-<step>`` with a total
 limit, ``--resume_from_checkpoint latest`` with ``skip_first_batches``, trackers, and a tqdm bar on the main process.
+
+Several processes: every rank writes its part of a checkpoint, then all wait; only the main process renames,
+prunes and writes files. A checkpoint records ``cfg.resume_settings`` (the flags its weights depend on); a resume
+with different values is refused in one line before any state is loaded.
+
+Signals: while the loop runs, SIGINT and SIGTERM only set a flag; at the end of the current optimiser step every
+rank joins in saving a checkpoint at that step, and :class:`~vqvae_transformer.cli.TrainingInterrupted` carries the
+one line ``run_cli`` prints (exit 130 or 143). Temp folders a hard kill left behind are removed at start.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +33,8 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..atomic import write_text_atomic
+from ..cli import TrainingInterrupted
 from ..errors import UserInputError
 
 logger = get_logger(__name__)
@@ -60,6 +72,8 @@ class LoopConfig:
     tracker_name: str = "vqvae_transformer"
     tracker_config: dict = field(default_factory=dict)
     stop_after_steps: int | None = None  # testing hook: stop (as if killed) after this global step
+    # Flags the weights depend on ({flag name without --: value}); saved in each checkpoint, compared on resume.
+    resume_settings: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Reject impossible settings with the offending value."""
@@ -106,8 +120,50 @@ def resolve_checkpoint(checkpoint_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
+def check_resume_settings(checkpoint: Path, saved: dict | None, given: dict) -> None:
+    """Refuse to resume ``checkpoint`` with flags that contradict the ones it was trained with.
+
+    Args:
+        checkpoint: the checkpoint folder (named in the message).
+        saved: ``resume_settings`` recorded in it (None: a checkpoint from before settings were recorded).
+        given: this run's ``resume_settings``.
+
+    Raises:
+        UserInputError: one line naming the first differing flag, the saved and the given value.
+    """
+    if saved is None:
+        logger.warning(f"{checkpoint} records no settings (older version): cannot check this run's flags match",
+                       main_process_only=True)
+        return
+    for key, value in given.items():
+        if key not in saved or saved[key] is None or _same(saved[key], value):  # None: it was left automatic
+            continue
+        if key == "stage1_fingerprint":
+            raise UserInputError(f"{checkpoint} was trained on another first stage than the one in the model folder "
+                                 f"(fingerprint {str(saved[key])[:12]} vs {str(value)[:12]}); run without "
+                                 "--resume_from_checkpoint to train stage 2 again on it")
+        raise UserInputError(f"--{key} {_flag_value(value)} contradicts the checkpoint {checkpoint}, saved with "
+                             f"--{key} {_flag_value(saved[key])}; give the saved value or run without "
+                             "--resume_from_checkpoint")
+
+
+def _same(a, b) -> bool:
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - JSON turns tuples into lists
+    return norm(a) == norm(b)
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return "(unset)" if value is None else str(value)
+
+
 def save_checkpoint(accelerator: Accelerator, cfg: LoopConfig, step: int, history: list[dict]) -> Path:
-    """``save_state`` into ``checkpoint-<step>`` (written to a temp folder, then renamed) and prune old ones."""
+    """``save_state`` into ``checkpoint-<step>`` (written to a temp folder, then renamed) and prune old ones.
+
+    Every rank writes its files into the temp folder; only after all have finished does the main process write
+    the state file, rename the folder and prune old checkpoints, and the others wait for that.
+    """
     final = cfg.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = cfg.checkpoint_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
     if accelerator.is_main_process:
@@ -115,14 +171,60 @@ def save_checkpoint(accelerator: Accelerator, cfg: LoopConfig, step: int, histor
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(output_dir=str(tmp))
+    accelerator.wait_for_everyone()  # every rank's random_states_<rank>.pkl is in tmp
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "history": history}))
+        write_text_atomic(tmp / STATE_FILE, json.dumps({"step": step, "history": history,
+                                                        "settings": cfg.resume_settings}, default=str))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(cfg.checkpoint_dir)[:-cfg.checkpoints_total_limit]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def remove_stale_temp_checkpoints(accelerator: Accelerator, checkpoint_dir: Path) -> None:
+    """Remove ``.checkpoint-*.tmp`` folders a killed run left (main process), then wait for every rank."""
+    if accelerator.is_main_process and checkpoint_dir.is_dir():
+        for stale in checkpoint_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+            logger.info(f"removing {stale}, an unfinished checkpoint of an interrupted run", main_process_only=True)
+            shutil.rmtree(stale)
+    accelerator.wait_for_everyone()
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM set :attr:`signum` instead of stopping the process (main thread only).
+
+    A second signal of the same kind while the checkpoint is being written is also only recorded.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def any_rank(self, accelerator: Accelerator) -> int | None:
+        """The signal any rank received (all ranks call this together each step), or None."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum or 0], device=accelerator.device)
+        return int(accelerator.reduce(flag, reduction="max").item()) or None
 
 
 def make_accelerator(cfg: LoopConfig) -> Accelerator:
@@ -170,6 +272,10 @@ def run_training(
 
     Returns:
         ``(unwrapped model, history, finished)``; ``finished`` is False when ``stop_after_steps`` cut it short.
+
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint at the step it interrupted was saved first.
+        UserInputError: the resumed checkpoint was saved with other ``cfg.resume_settings``.
     """
     cfg.validate()
     accelerator = accelerator or make_accelerator(cfg)
@@ -189,16 +295,31 @@ def run_training(
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step, history = 0, []
+    remove_stale_temp_checkpoints(accelerator, cfg.checkpoint_dir)
     checkpoint = resolve_checkpoint(cfg.checkpoint_dir, cfg.resume_from_checkpoint)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / STATE_FILE).read_text())
+        check_resume_settings(checkpoint, state.get("settings"), cfg.resume_settings)
+        accelerator.load_state(str(checkpoint))
         step, history = int(state["step"]), list(state["history"])
         logger.info(f"resumed from {checkpoint} at step {step}", main_process_only=True)
 
     updates_per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
     progress = tqdm(total=cfg.max_train_steps, initial=step, desc=cfg.tracker_name,
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    with StopSignals() as stop:
+        finished = _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn, eval_fn,
+                                on_epoch_start, step, history, updates_per_epoch, progress, stop)
+    progress.close()
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    accelerator.free_memory()
+    return model, history, finished
+
+
+def _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn, eval_fn, on_epoch_start, step,
+                 history, updates_per_epoch, progress, stop: StopSignals) -> bool:
+    """The optimiser steps of :func:`run_training`; returns ``finished`` or raises ``TrainingInterrupted``."""
     logs: dict[str, float] = {}
     finished = True
     while step < cfg.max_train_steps:
@@ -227,8 +348,17 @@ def run_training(
             if step % cfg.eval_steps == 0 or step == cfg.max_train_steps:
                 history.append({"step": step, **logs})
                 history[-1].update(_evaluate(accelerator, model, eval_fn, step, history))
-            if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
+            saved = step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps
+            if saved:
                 save_checkpoint(accelerator, cfg, step, history)
+            signum = stop.any_rank(accelerator)
+            if signum is not None:
+                path = save_checkpoint(accelerator, cfg, step, history) if not saved else \
+                    cfg.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
+                progress.close()
+                raise TrainingInterrupted(
+                    f"interrupted at step {step} of stage {cfg.tracker_name} ({signal.Signals(signum).name}); "
+                    f"checkpoint saved to {path}; continue with --resume_from_checkpoint latest", signum)
             if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps and step < cfg.max_train_steps:
                 finished = False
                 break
@@ -236,11 +366,7 @@ def run_training(
                 break
         if not finished:
             break
-    progress.close()
-    accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(model)
-    accelerator.free_memory()
-    return model, history, finished
+    return finished
 
 
 def _evaluate(accelerator: Accelerator, model: torch.nn.Module, eval_fn: EvalFn | None, step: int,

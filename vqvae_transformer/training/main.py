@@ -1,7 +1,11 @@
 """``train_main.py``: stage 1, then stage 2, then the saved pipeline, summary, model card and (optionally) a push.
 
 Resuming (``--resume_from_checkpoint latest``) skips a stage that already finished and continues an interrupted
-one from its last checkpoint, reusing the saved split.
+one from its last checkpoint, reusing the saved split. A reused stage 1 (``--skip_vqvae``, or a resume after it
+finished) fixes its own settings: a flag that contradicts the saved model is refused in one line when given
+explicitly; when the preset filled it, the saved value is used, and the summary records the values used.
+A new stage 1 removes the old prior and pipeline index of the folder before it is written (see
+:mod:`~vqvae_transformer.models.fingerprint`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import torch
 
 from ..atomic import write_json_atomic
 from ..errors import UserInputError
-from ..models.first_stage import load_first_stage
+from ..models.fingerprint import read_fingerprint, stage1_fingerprint, write_fingerprint
+from ..models.first_stage import FIRST_STAGE_CLASSES, load_first_stage
 from ..models.pipeline import VQVAETransformerPipeline
 from .args import (ArgumentParser, add_data_args, add_loop_args, add_prior_args, add_vqvae_args, finalize_args,
                    loop_config)
@@ -53,12 +58,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _clear_stage_checkpoints(output_dir: Path, stage: str) -> None:
+# flag -> key of the saved first stage's config.json that it sets
+STAGE1_CONFIG_KEYS = {"codebook_size": "num_vq_embeddings", "codebook_dim": "codebook_dim",
+                      "use_l2_norm": "use_l2_norm", "latent_channels": "latent_channels",
+                      "block_out_channels": "block_out_channels", "resolution": "sample_size",
+                      "channels": "in_channels", "ema_decay": "ema_decay",
+                      "dead_code_threshold": "dead_code_threshold", "restart_sampling": "restart_sampling",
+                      "commitment_beta": "commitment_beta"}
+
+
+def adopt_saved_stage1(args: argparse.Namespace, vqvae_dir: Path, reason: str) -> dict[str, object]:
+    """Make ``args`` describe the saved first stage that this run reuses instead of training one.
+
+    A flag given explicitly that contradicts the saved model raises; a preset-filled (or unset) one takes the
+    saved value.
+
+    Returns:
+        ``{flag: saved value}`` of the flags changed.
+
+    Raises:
+        UserInputError: one line naming the flag, the saved and the given value.
+    """
+    config = json.loads((vqvae_dir / "config.json").read_text())
+    saved = {flag: config[key] for flag, key in STAGE1_CONFIG_KEYS.items() if key in config}
+    kinds = {cls.__name__: kind for kind, cls in FIRST_STAGE_CLASSES.items()}
+    if config.get("_class_name") in kinds:
+        saved["first_stage"] = kinds[config["_class_name"]]
+    filled = set(getattr(args, "preset_filled", ()))
+    changed = {}
+    for flag, value in saved.items():
+        given = getattr(args, flag, None)
+        same = list(given) == list(value) if isinstance(given, (list, tuple)) and isinstance(value, list) \
+            else given == value
+        if same:
+            continue
+        if given is not None and flag not in filled:
+            show = lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+            raise UserInputError(f"--{flag} {show(given)} contradicts the stage 1 in {vqvae_dir} ({reason}), saved "
+                                 f"with --{flag} {show(value)}; drop the flag or train a new stage 1")
+        setattr(args, flag, value)
+        changed[flag] = value
+    if changed:
+        logger.info(f"stage 1 is reused ({reason}): using its saved " +
+                    ", ".join(f"--{k} {v}" for k, v in changed.items()))
+    return changed
+
+
+def _clear_stage_checkpoints(accelerator, output_dir: Path, stage: str) -> None:
+    """Remove a stage's old checkpoints (main process only), then wait for every rank."""
     folder = output_dir / "checkpoints" / stage
-    if folder.is_dir():
+    if accelerator.is_main_process and folder.is_dir():
         logger.warning(f"starting {stage} from scratch: removing old checkpoints in {folder} "
                        "(use --resume_from_checkpoint latest to continue them instead)")
         shutil.rmtree(folder)
+    accelerator.wait_for_everyone()
 
 
 def _peak_memory_gb() -> float:
@@ -72,7 +125,7 @@ def _run_stage1(args, accelerator, data, train_idx, val_idx, summary: dict):
         logger.info(f"stage 1: reusing {output_dir / VQVAE_SUBFOLDER} ({reason})")
         return load_first_stage(output_dir / VQVAE_SUBFOLDER), True
     if not args.resume_from_checkpoint:
-        _clear_stage_checkpoints(output_dir, VQVAE_SUBFOLDER)
+        _clear_stage_checkpoints(accelerator, output_dir, VQVAE_SUBFOLDER)
     cfg = loop_config(args, VQVAE_SUBFOLDER, len(train_idx))
     model, stage = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx or train_idx],
                                      accelerator)
@@ -84,11 +137,16 @@ def _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summar
     output_dir = Path(args.output_dir)
     if args.resume_from_checkpoint and prior_done(output_dir):
         logger.info(f"stage 2: reusing {output_dir / PRIOR_SUBFOLDER} (it already finished)")
+        recorded = read_fingerprint(output_dir / PRIOR_SUBFOLDER)
+        if recorded is not None and recorded != stage1_fingerprint(output_dir / VQVAE_SUBFOLDER):
+            raise UserInputError(f"{output_dir / PRIOR_SUBFOLDER} was trained on another stage 1 than "
+                                 f"{output_dir / VQVAE_SUBFOLDER}; run without --resume_from_checkpoint to train "
+                                 "stage 2 again")
         from transformers import GPT2LMHeadModel
 
         return GPT2LMHeadModel.from_pretrained(output_dir / PRIOR_SUBFOLDER), True
     if not args.resume_from_checkpoint:
-        _clear_stage_checkpoints(output_dir, PRIOR_SUBFOLDER)
+        _clear_stage_checkpoints(accelerator, output_dir, PRIOR_SUBFOLDER)
     cfg = loop_config(args, PRIOR_SUBFOLDER, len(train_idx))
     measure_idx = val_idx or train_idx  # --val_fraction 0: measured on the training images
     prior, stage = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
@@ -136,6 +194,9 @@ def _save_pipeline(args, first_stage, prior, data, summary: dict) -> VQVAETransf
     pipeline = VQVAETransformerPipeline(vqvae=first_stage.eval(), prior=prior.eval(), user_ids=data.user_ids,
                                         resolution=data.resolution, channels=data.channels)
     pipeline.save_pretrained(output_dir)
+    fingerprint = stage1_fingerprint(output_dir / VQVAE_SUBFOLDER)  # of the vqvae/ as the pipeline wrote it
+    write_fingerprint(output_dir / PRIOR_SUBFOLDER, fingerprint)
+    write_fingerprint(output_dir, fingerprint)  # beside model_index.json
     shown = data.user_ids[:min(len(data.user_ids), 31)]
     per_user = 4
     pixels = pipeline(user_ids=shown, num_images_per_user=per_user, seed=args.seed, output_type="pt").images
@@ -185,8 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset = finalize_args(args)
     if args.push_to_hub and not args.hub_model_id:
         raise UserInputError("--push_to_hub needs --hub_model_id (e.g. your-name/microdoppler-generator)")
-    if args.skip_vqvae and not (Path(args.output_dir) / VQVAE_SUBFOLDER / "config.json").is_file():
-        raise UserInputError(f"--skip_vqvae, but {Path(args.output_dir) / VQVAE_SUBFOLDER} holds no trained stage 1")
+    vqvae_dir = Path(args.output_dir) / VQVAE_SUBFOLDER
+    if args.skip_vqvae and not (vqvae_dir / "config.json").is_file():
+        raise UserInputError(f"--skip_vqvae, but {vqvae_dir} holds no trained stage 1")
+    if args.skip_vqvae or (args.resume_from_checkpoint and vqvae_done(Path(args.output_dir))):
+        adopt_saved_stage1(args, vqvae_dir, "--skip_vqvae" if args.skip_vqvae else "it already finished")
     logger.info(f"preset {preset}: {args.resolution} px, K={args.codebook_size}, stage 1 {args.vqvae_steps} steps, "
                 f"prior {args.n_layer}x{args.n_embd} {args.prior_steps} steps, device "
                 f"{'cuda' if torch.cuda.is_available() else 'cpu'}")

@@ -1,8 +1,15 @@
 """Stage 2: train the user-conditioned GPT-2 prior over the first stage's token grids, on Accelerate.
 
 The token grids of the training and validation splits are encoded once (the first stage is frozen) and kept in
-memory. The bar shows loss; every ``--eval_steps`` the validation loss/perplexity is measured and a grid of samples
-(rows = users) decoded through stage 1 is written to ``OUTPUT_DIR/figures/prior_samples.png``.
+memory; with ``--prior_time_shifts S`` each training image is also encoded at S random circular time shifts, so the
+prior sees S + 1 token grids per recording. The bar shows loss; every ``--eval_steps`` the validation
+loss/perplexity is measured, a grid of samples (rows = users) decoded through stage 1 is written to
+``OUTPUT_DIR/figures/prior_samples.png``, and the weights of the best validation loss so far are kept in
+``OUTPUT_DIR/checkpoints/prior/best``: the saved prior is the best one, not the last (early stopping by selection).
+
+On small data (fewer than ``SMALL_DATA_IMAGES_PER_USER`` training images per user) the settings that the preset
+filled follow :data:`~vqvae_transformer.training.presets.SMALL_DATA_PRIOR`; the first lines of the stage say what
+was chosen and why.
 
 Run on its own (after stage 1 saved ``OUTPUT_DIR/vqvae``)::
 
@@ -12,6 +19,7 @@ Run on its own (after stage 1 saved ``OUTPUT_DIR/vqvae``)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -23,17 +31,99 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 
+from ..atomic import write_json_atomic
+from ..data.augment import circular_time_shift
 from ..figures import save_curves, save_labelled_grid
+from ..models.fingerprint import stage1_fingerprint, write_fingerprint
+from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
 from ..models.prior import build_prior, build_prior_config, make_prior_batch, sample_tokens, vocabulary_from_config
 from ..validation.reconstruction import encode_tokens
 from .loop import LoopConfig, list_checkpoints, make_accelerator, run_training
-from .train_vqvae import FIGURE_DIR, save_pretrained_atomic
+from .presets import small_data_prior_settings
+from .train_vqvae import FIGURE_DIR, VQVAE_SUBFOLDER, save_pretrained_atomic
 
 logger = get_logger(__name__)
 
 PRIOR_SUBFOLDER = "prior"
 SAMPLE_USERS = 8
 SAMPLES_PER_USER = 6
+BEST_FOLDER = "best"
+BEST_FILE = "best.json"
+
+
+def encode_training_tokens(first_stage, images: torch.Tensor, labels: torch.Tensor, time_shifts: int,
+                           seed: int) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Token grids of ``images`` and of ``time_shifts`` randomly time-shifted copies of each, with their labels.
+
+    Args:
+        first_stage: the frozen first stage.
+        images: ``[N, C, R, R]`` in [-1, 1].
+        labels: ``[N]``.
+        time_shifts: extra encodings per image (0: the plain grids only).
+        seed: seed of the shifts (the same seed gives the same grids).
+
+    Returns:
+        ``(tokens [N * (S + 1), h, w], labels [N * (S + 1)])``: the plain grids first, then each shifted round.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tokens, all_labels = [encode_tokens(first_stage, images)], [labels]
+    for _ in range(time_shifts):
+        tokens.append(encode_tokens(first_stage, circular_time_shift(images, generator)))
+        all_labels.append(labels)
+    return torch.cat(tokens), torch.cat(all_labels)
+
+
+def stage_settings(args: argparse.Namespace, cfg: LoopConfig, train_labels: torch.Tensor
+                   ) -> tuple[argparse.Namespace, LoopConfig, str]:
+    """Apply the small-data prior settings to what the preset filled (never to given flags).
+
+    Returns:
+        ``(args, cfg, reason)``: copies with the settings used, and the line that says why.
+    """
+    per_user = float(torch.bincount(train_labels).float().median()) if len(train_labels) else 0.0
+    filled = set(getattr(args, "preset_filled", ()))
+    given = {"prior_time_shifts", "prior_dropout"} - filled
+    if "eval_steps" not in filled:
+        given.add("prior_eval_steps")
+    settings, reason = small_data_prior_settings(per_user, given)
+    args = argparse.Namespace(**vars(args))
+    for key in ("prior_time_shifts", "prior_dropout"):
+        if key in settings:
+            setattr(args, key, settings[key])
+    if "prior_eval_steps" in settings:
+        cfg = dataclasses.replace(cfg, eval_steps=min(settings["prior_eval_steps"], cfg.max_train_steps))
+    return args, cfg, reason
+
+
+class BestWeights:
+    """Keeps the prior of the lowest validation loss in ``checkpoint_dir/best`` (survives a resume)."""
+
+    def __init__(self, checkpoint_dir: Path):
+        self.folder = checkpoint_dir / BEST_FOLDER
+        record = self.folder / BEST_FILE
+        self.best = json.loads(record.read_text()) if record.is_file() else None
+
+    def update(self, prior, step: int, loss: float) -> None:
+        """Save ``prior`` when ``loss`` beats the best so far (main process only)."""
+        if self.best is not None and loss >= self.best["val_loss"]:
+            return
+        save_pretrained_atomic(prior, self.folder)
+        self.best = {"step": step, "val_loss": loss}
+        write_json_atomic(self.folder / BEST_FILE, self.best)
+
+    def restore(self, prior, last_step: int):
+        """Load the best weights into ``prior`` when they are not the last step's; returns the best record."""
+        if self.best is None or self.best["step"] == last_step:
+            return self.best
+        from safetensors.torch import load_file
+
+        result = prior.load_state_dict(load_file(self.folder / "model.safetensors"), strict=False)
+        missing = [k for k in result.missing_keys if k != "lm_head.weight"]  # tied to the embedding, not saved
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"best prior in {self.folder} does not match the model: missing {missing}, "
+                               f"unexpected {result.unexpected_keys}")
+        prior.tie_weights()
+        return self.best
 
 
 class PriorStep:
@@ -71,16 +161,25 @@ def validation_loss(prior, tokens: torch.Tensor, labels: torch.Tensor, batch_siz
 
 
 def make_prior_eval(first_stage, val_tokens: torch.Tensor, val_labels: torch.Tensor, user_ids: list[int],
-                    output_dir: Path, batch_size: int, seed: int):
-    """Validation loss/perplexity + a decoded sample grid; ``(model, step, history) -> metrics``."""
+                    output_dir: Path, batch_size: int, seed: int, best: BestWeights | None = None,
+                    guidance_scale: float = 1.0, temperature: float = 1.0):
+    """Validation loss/perplexity + a decoded sample grid; ``(model, step, history) -> metrics``.
+
+    With ``best``, the weights of the lowest validation loss so far are kept there. The sample grid is drawn with
+    ``guidance_scale`` and ``temperature`` (pass the shipped sampling defaults so the figure shows what
+    ``generate_main.py`` produces).
+    """
     figures = output_dir / FIGURE_DIR
 
     def evaluate(prior, step: int, history: list[dict]) -> dict[str, float]:
         loss = validation_loss(prior, val_tokens, val_labels, batch_size)
+        if best is not None:
+            best.update(prior, step, loss)
         gain = validation_loss(prior, val_tokens, val_labels, batch_size, null_user=True) - loss
         shown = list(range(min(SAMPLE_USERS, len(user_ids))))
         labels = torch.tensor([u for u in shown for _ in range(SAMPLES_PER_USER)])
-        tokens = sample_tokens(prior, labels, seed=seed)  # (U*S, h, w)
+        tokens = sample_tokens(prior, labels, seed=seed, guidance_scale=guidance_scale,
+                               temperature=temperature)  # (U*S, h, w)
         images = first_stage.decode_tokens(tokens.to(first_stage.device)).float().cpu()
         save_labelled_grid(((images + 1) / 2).clamp(0, 1), [f"ID_{user_ids[u]}" for u in shown], SAMPLES_PER_USER,
                            figures / "prior_samples.png", title=f"prior samples at step {step}")
@@ -109,30 +208,51 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
     """
     start = time.time()
     accelerator = accelerator or make_accelerator(cfg)
+    args, cfg, reason = stage_settings(args, cfg, train_labels)
+    logger.info(f"stage 2 settings: {reason}", main_process_only=True)
     first_stage = first_stage.to(accelerator.device).eval().requires_grad_(False)
-    train_tokens = encode_tokens(first_stage, train_images)  # (N, h, w), encoded once
+    train_tokens, token_labels = encode_training_tokens(first_stage, train_images, train_labels,
+                                                        args.prior_time_shifts or 0, cfg.seed)  # (N*(S+1), h, w)
     val_tokens = encode_tokens(first_stage, val_images)
     grid = tuple(train_tokens.shape[1:])
-    logger.info(f"encoded {len(train_tokens)} train and {len(val_tokens)} validation images to {grid[0]}x{grid[1]} "
-                f"token grids in {time.time() - start:.1f}s", main_process_only=True)
+    logger.info(f"encoded {len(train_images)} train images ({len(train_tokens)} token grids with "
+                f"{args.prior_time_shifts or 0} time shifts each) and {len(val_tokens)} validation images to "
+                f"{grid[0]}x{grid[1]} token grids in {time.time() - start:.1f}s", main_process_only=True)
     config = build_prior_config(first_stage.config.num_vq_embeddings, len(user_ids), grid, n_layer=args.n_layer,
                                 n_embd=args.n_embd, n_head=args.n_head, dropout=args.prior_dropout,
                                 user_ids=list(user_ids), token_order=args.token_order)
+    fingerprint = stage1_fingerprint(cfg.output_dir / VQVAE_SUBFOLDER)  # checked on resume, recorded in prior/
+    cfg = dataclasses.replace(cfg, resume_settings={**cfg.resume_settings, "stage1_fingerprint": fingerprint})
     torch.manual_seed(cfg.seed)
     prior = build_prior(config)
     step_fn = PriorStep(vocabulary_from_config(config), args.user_dropout)
+    # Measured on the training images (--val_fraction 0), the lowest loss is always the last: keep no best then.
+    held_out = not (val_images.shape == train_images.shape and torch.equal(val_images, train_images))
+    best = BestWeights(cfg.checkpoint_dir) if held_out else None
     eval_fn = make_prior_eval(first_stage, val_tokens, val_labels, list(user_ids), cfg.output_dir, cfg.batch_size,
-                              cfg.seed)
-    dataset = torch.utils.data.TensorDataset(train_tokens, train_labels)
+                              cfg.seed, best=best, guidance_scale=DEFAULT_GUIDANCE_SCALE,
+                              temperature=DEFAULT_TEMPERATURE)
+    dataset = torch.utils.data.TensorDataset(train_tokens, token_labels)
     prior, history, finished = run_training(cfg, prior, dataset, step_fn, eval_fn, accelerator=accelerator)
     summary = {"finished": finished, "steps": history[-1]["step"] if history else 0,
                "seconds": round(time.time() - start, 1), "token_grid": list(grid), "history": history,
-               "parameters": sum(p.numel() for p in prior.parameters())}
+               "parameters": sum(p.numel() for p in prior.parameters()), "settings_reason": reason,
+               "time_shifts": args.prior_time_shifts or 0, "dropout": args.prior_dropout,
+               "token_grids_per_epoch": len(train_tokens), "eval_steps": cfg.eval_steps}
     if finished and accelerator.is_main_process:  # one process measures and writes the model
-        loss, gain = _final_validation(prior, history, val_tokens, val_labels, cfg.batch_size)
+        chosen = best.restore(prior, summary["steps"]) if best is not None else None
+        if chosen is not None and chosen["step"] != summary["steps"]:
+            prior.eval()
+            loss = validation_loss(prior, val_tokens, val_labels, cfg.batch_size)
+            gain = validation_loss(prior, val_tokens, val_labels, cfg.batch_size, null_user=True) - loss
+            logger.info(f"keeping the prior of step {chosen['step']} (lowest validation loss {loss:.3f}) instead of "
+                        f"the last step's", main_process_only=True)
+        else:
+            loss, gain = _final_validation(prior, history, val_tokens, val_labels, cfg.batch_size)
         summary.update(final_val_loss=loss, final_val_perplexity=math.exp(min(loss, 50.0)),
-                       final_user_token_gain=gain)
+                       final_user_token_gain=gain, best_step=chosen["step"] if chosen else summary["steps"])
         save_pretrained_atomic(prior, cfg.output_dir / PRIOR_SUBFOLDER)
+        write_fingerprint(cfg.output_dir / PRIOR_SUBFOLDER, fingerprint)
         logger.info(f"stage 2 done: validation loss {summary['final_val_loss']:.3f} (perplexity "
                     f"{summary['final_val_perplexity']:.1f}, user-token gain {summary['final_user_token_gain']:.4f} "
                     f"nats/code); saved to {cfg.output_dir / PRIOR_SUBFOLDER}",

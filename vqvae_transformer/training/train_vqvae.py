@@ -27,6 +27,7 @@ from accelerate.logging import get_logger
 
 from ..errors import UserInputError
 from ..figures import save_curves, save_reconstruction_grid, save_usage_histogram
+from ..models.fingerprint import invalidate_dependents
 from ..models.first_stage import build_first_stage
 from ..perceptual import LPIPSUnavailableError, load_pretrained_lpips, lpips_status
 from ..validation.reconstruction import code_counts, encode_tokens, reconstruct, tokenizer_metrics
@@ -188,6 +189,7 @@ def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: t
     if finished and accelerator.is_main_process:  # one process measures and writes the model
         model.eval()
         summary["final"] = tokenizer_metrics(model, val_images, cfg.batch_size)
+        invalidate_dependents(cfg.output_dir)  # the old prior/ and index belong to the old stage 1
         save_pretrained_atomic(model, cfg.output_dir / VQVAE_SUBFOLDER)
         logger.info(f"stage 1 done: val PSNR {summary['final']['psnr']:.2f} dB, codebook usage "
                     f"{summary['final']['codebook_usage']:.1%}; saved to {cfg.output_dir / VQVAE_SUBFOLDER}",

@@ -15,14 +15,16 @@ import torch
 
 from ..cli import run_cli, setup_logging
 from ..errors import UserInputError
+from ..output_folder import prepare_output_folder
 from .judge import DEFAULT_EPOCHS
-from .report import REPORT_JSON, REPORT_MD, Thresholds, run_validation
+from .report import FIGURE_DIR, JUDGE_DIR, REPORT_JSON, REPORT_MD, Thresholds, run_validation
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = "outputs/vqvae_transformer"
 DEFAULT_GENERATED_DIR = "generated_images"
 DEFAULT_OUTPUT_DIR = "validation"
+TOOL_NAME = "validate_main.py"
 EXIT_FAILED = 1
 
 _THRESHOLD_HELP = {
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validate one user only (1-based id as in the folders; the judge still learns all)")
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR,
                         help=f"where the report, figures and cached judge go (default: {DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --output_dir holding files validate_main.py did not write; they are "
+                             "kept, and one in the way of the report, figures/ or judge/ is still refused "
+                             "(re-running into its own folder needs no flag)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the judge, CAS classifier, FID halves and --real_data_dir split (default: 0)")
     parser.add_argument("--judge_epochs", type=int, default=DEFAULT_EPOCHS,
@@ -110,12 +116,19 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     thresholds = Thresholds(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Thresholds)})
-    report = run_validation(
-        args.model_dir, args.generated_data_dir, real_data_dir=args.real_data_dir,
-        target_user_id=args.target_user_id, output_dir=args.output_dir, thresholds=thresholds, seed=args.seed,
-        judge_epochs=args.judge_epochs, cas_epochs=args.cas_epochs, val_fraction=args.val_fraction,
-        use_judge_cache=not args.no_judge_cache,
-    )
+    # Before training the judge: the output folder must be writable and hold nothing foreign in the way.
+    folder = prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=args.overwrite,
+                                   reserved=[REPORT_JSON, REPORT_MD, FIGURE_DIR, JUDGE_DIR])
+    try:
+        report = run_validation(
+            args.model_dir, args.generated_data_dir, real_data_dir=args.real_data_dir,
+            target_user_id=args.target_user_id, output_dir=args.output_dir, thresholds=thresholds, seed=args.seed,
+            judge_epochs=args.judge_epochs, cas_epochs=args.cas_epochs, val_fraction=args.val_fraction,
+            use_judge_cache=not args.no_judge_cache,
+        )
+    finally:  # what this run wrote is its own, even when it stopped half-way
+        if folder.path.is_dir():
+            folder.record_present()
     print(format_summary(report))
     where = f"{args.output_dir}/{REPORT_MD} and {REPORT_JSON}"
     if report["failed"]:

@@ -1,4 +1,4 @@
-"""The judge: a small CNN user classifier trained on real training images (DESIGN.md §4, §7).
+"""The judge: a small CNN user classifier trained on real training images (docs/DESIGN.md §4, §7).
 
 Architecture: 4 conv blocks (32-64-128-128 channels; 3×3 conv, BatchNorm, ReLU, 2×2 max-pool), global average
 pooling, a penultimate feature layer (linear + ReLU, :data:`FEATURE_DIM` wide) and a linear head. Its penultimate
@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import write_json_atomic
+from ..data.augment import circular_time_shift  # the judge's main augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -114,22 +115,6 @@ class Judge:
 
 # ----------------------------------------------------------------------------------------------------------
 # Augmentation
-
-
-def circular_time_shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Roll each image by its own random amount along the width (time) axis.
-
-    Args:
-        images: ``[B, C, H, W]``.
-        generator: the random source.
-
-    Returns:
-        ``[B, C, H, W]`` with ``out[b, :, :, x] = images[b, :, :, (x - s_b) % W]``.
-    """
-    b, c, h, w = images.shape
-    shifts = torch.randint(0, w, (b, 1), generator=generator)  # [B, 1]
-    index = (torch.arange(w)[None, :] - shifts) % w  # [B, W]
-    return images.gather(3, index[:, None, None, :].expand(b, c, h, w))
 
 
 def vertical_translate(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

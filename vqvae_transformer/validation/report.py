@@ -1,4 +1,4 @@
-"""The validation run: real data + generated images -> metrics (DESIGN.md §4) -> JSON, Markdown and figures.
+"""The validation run: real data + generated images -> metrics (docs/DESIGN.md §4) -> JSON, Markdown and figures.
 
 ``run_validation`` loads the data a model was trained on (or another real folder with its own seeded split),
 the generated ``ID_<k>`` folders, trains (or reuses) the judge, computes every metric, compares them with the
@@ -244,7 +244,7 @@ def compute_metrics(judge: Judge, real: RealData, generated: SpectrogramData, ta
         "real_test_accuracy": M.accuracy(pred_val, val_scope_y),
         "gan_test_accuracy": M.accuracy(pred_gen, gen_y),
     }
-    cas, cas_per_label = _cas(gen_x, gen_y, val_x, val_y, k, target_label, cas_epochs, seed, reasons)
+    cas, cas_per_label, cas_correct = _cas(gen_x, gen_y, val_x, val_y, k, target_label, cas_epochs, seed, reasons)
     out["cas_accuracy"] = cas
 
     f_train, f_val, f_gen = features(judge, train_x), features(judge, val_x), features(judge, gen_x)  # [*, F]
@@ -259,10 +259,19 @@ def compute_metrics(judge: Judge, real: RealData, generated: SpectrogramData, ta
     out["gan_test_ratio"] = _ratio(out["gan_test_accuracy"], out["real_test_accuracy"])
     out["cas_ratio"] = _ratio(out["cas_accuracy"], out["real_test_accuracy"])
     out["fid_ratio"] = _ratio(out["domain_fid"], out["domain_fid_real"])
+    intervals = _intervals(pred_val == val_scope_y, val_scope_y, pred_gen == gen_y, gen_y, cas_correct, f_gen,
+                           f_val_scope, seed, reasons)
+    out["domain_kid"] = intervals["domain_kid"]["estimate"] if "domain_kid" in intervals else None
+    out["domain_kid_real"] = intervals["domain_kid_real"]["estimate"] if "domain_kid_real" in intervals else None
     extras = {
         "real_per_label": M.per_user_accuracy(pred_val, val_scope_y, k),
         "gan_per_label": M.per_user_accuracy(pred_gen, gen_y, k),
         "cas_per_label": cas_per_label,
+        "intervals": intervals,
+        "per_label_counts": {"real": _per_label_counts(pred_val == val_scope_y, val_scope_y, k),
+                             "generated": _per_label_counts(pred_gen == gen_y, gen_y, k),
+                             "cas": (_per_label_counts(cas_correct[0], cas_correct[1], k)
+                                     if cas_correct is not None else [None] * k)},
         "diversity_per_label": diversity_per_label,
         "confusion_generated": M.confusion_matrix(pred_gen, gen_y, k),
         "confusion_real": M.confusion_matrix(pred_val, val_scope_y, k),
@@ -276,20 +285,80 @@ def compute_metrics(judge: Judge, real: RealData, generated: SpectrogramData, ta
 
 
 def _cas(gen_x: torch.Tensor, gen_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, k: int,
-         target_label: int | None, epochs: int, seed: int, reasons: dict) -> tuple[float | None, list]:
-    """CAS over the users that have generated images (None with a reason when it is meaningless)."""
+         target_label: int | None, epochs: int, seed: int,
+         reasons: dict) -> tuple[float | None, list, tuple[torch.Tensor, torch.Tensor] | None]:
+    """CAS over the users that have generated images (None with a reason when it is meaningless).
+
+    Returns:
+        ``(accuracy, per-label accuracies, (correct [V'] bool, labels [V']) of the real test images or None)``.
+    """
     users = torch.unique(gen_y)
     if target_label is not None:
         reasons["cas_accuracy"] = ("one target user: a classifier trained on generated images of a single user "
                                    "is constant, so CAS is meaningless")
-        return None, [None] * k
+        return None, [None] * k, None
     if users.numel() < 2 or gen_x.shape[0] < 2:
         reasons["cas_accuracy"] = "generated images cover fewer than 2 users; CAS needs at least 2 classes"
-        return None, [None] * k
+        return None, [None] * k, None
     keep = torch.isin(val_y, users)  # test only on users the generator produced
     accuracy, classifier = M.cas_accuracy(gen_x, gen_y, val_x[keep], val_y[keep], k, epochs=epochs, seed=seed)
-    per_label = M.per_user_accuracy(predict(classifier, val_x[keep]), val_y[keep], k)
-    return accuracy, per_label
+    predicted = predict(classifier, val_x[keep])  # [V']
+    per_label = M.per_user_accuracy(predicted, val_y[keep], k)
+    return accuracy, per_label, (predicted == val_y[keep], val_y[keep])
+
+
+INTERVAL_METRICS = ("real_test_accuracy", "gan_test_accuracy", "cas_accuracy", "gan_test_ratio", "cas_ratio",
+                    "fid_ratio", "domain_kid", "domain_kid_real")
+"""Metrics whose report entries get a confidence interval (``report["intervals"]``)."""
+
+
+def _intervals(real_correct: torch.Tensor, real_y: torch.Tensor, gen_correct: torch.Tensor, gen_y: torch.Tensor,
+               cas: tuple[torch.Tensor, torch.Tensor] | None, f_gen: torch.Tensor, f_val: torch.Tensor, seed: int,
+               reasons: dict) -> dict[str, dict]:
+    """Confidence intervals of :data:`INTERVAL_METRICS` (``{metric: Interval.as_dict() + kid_std}``).
+
+    Thresholds stay judged on the point estimates; these only show how far a figure could move with another
+    sample of ~5 images per user. Metrics that cannot be measured are left out (their reason is in ``reasons``).
+    """
+    out = {"real_test_accuracy": M.bootstrap_accuracy_ci(real_correct, real_y, seed=seed),
+           "gan_test_accuracy": M.bootstrap_accuracy_ci(gen_correct, gen_y, seed=seed),
+           "gan_test_ratio": M.bootstrap_ratio_ci(gen_correct, gen_y, real_correct, real_y, paired=False,
+                                                  seed=seed)}
+    if cas is not None:
+        cas_correct, cas_y = cas
+        out["cas_accuracy"] = M.bootstrap_accuracy_ci(cas_correct, cas_y, seed=seed)
+        # Paired: the judge's correctness on the very images the CAS classifier was tested on.
+        tested = torch.isin(real_y, torch.unique(cas_y))
+        if bool((real_y[tested] == cas_y).all()):
+            out["cas_ratio"] = M.bootstrap_ratio_ci(cas_correct, cas_y, real_correct[tested], cas_y, paired=True,
+                                                    seed=seed)
+        else:
+            raise RuntimeError("CAS test images are not a subset of the real validation images in order")
+    if f_gen.shape[0] >= 2 and f_val.shape[0] >= 2:
+        out["fid_ratio"] = M.bootstrap_fid_ratio_ci(f_gen, gen_y, f_val, real_y, seed=seed)
+        kid, kid_std = M.kernel_distance(f_gen, f_val, seed=seed)
+        out["domain_kid"] = kid
+        result = {name: interval.as_dict() for name, interval in out.items()}
+        result["domain_kid"]["std"] = kid_std
+    else:
+        reasons["domain_kid"] = f"needs 2+ images per set ({f_val.shape[0]} real, {f_gen.shape[0]} generated)"
+        result = {name: interval.as_dict() for name, interval in out.items()}
+    half_a, _ = M.split_in_halves(real_y, seed)
+    if half_a.numel() >= 2:
+        kid_real, kid_real_std = M.kernel_distance_real(f_val, real_y, seed=seed)
+        result["domain_kid_real"] = {**kid_real.as_dict(), "std": kid_real_std}
+    else:
+        reasons["domain_kid_real"] = f"{f_val.shape[0]} real validation images cannot form two halves of 2+"
+    return {name: {key: _clean(value) for key, value in entry.items()} for name, entry in result.items()}
+
+
+def _per_label_counts(correct: torch.Tensor, labels: torch.Tensor, k: int) -> list[tuple[int, int] | None]:
+    """``(right, tested)`` per label ``[k]`` (None for labels without images), for Wilson intervals."""
+    counts: list[tuple[int, int] | None] = []
+    for label in range(k):
+        mask = labels == label
+        counts.append((int(correct[mask].sum()), int(mask.sum())) if bool(mask.any()) else None)
+    return counts
 
 
 def _fids(judge: Judge, val_x: torch.Tensor, val_y: torch.Tensor, gen_x: torch.Tensor, seed: int,
@@ -445,6 +514,14 @@ def _judge(real: RealData, output_dir: Path, epochs: int, seed: int, use_cache: 
     )
 
 
+def _wilson(counts: tuple[int, int] | None) -> list[float] | None:
+    """Wilson 95 % interval ``[low, high]`` of a per-user accuracy from ``(right, tested)``, None without images."""
+    if counts is None:
+        return None
+    low, high = M.wilson_interval(*counts)
+    return [low, high]
+
+
 def _assemble(values: dict, reasons: dict, extras: dict, checks: list[dict], thresholds: Thresholds,
               real: RealData, generated: SpectrogramData, judge: Judge, target_user_id: int | None,
               settings: dict) -> dict:
@@ -461,13 +538,16 @@ def _assemble(values: dict, reasons: dict, extras: dict, checks: list[dict], thr
             "cas_accuracy": extras["cas_per_label"][label],
             "diversity_ratio": extras["diversity_per_label"].get(label),
             "memorization_rate": float(memo.flagged[mask].double().mean()) if bool(mask.any()) else None,
+            "intervals": {key: _wilson(extras["per_label_counts"][name][label]) for key, name in (
+                ("real_test_accuracy", "real"), ("gan_test_accuracy", "generated"), ("cas_accuracy", "cas"))},
             "num_validation": int((extras["val_labels"] == label).sum()),
             "num_generated": int(mask.sum()),
         }
     failed = [c["name"] for c in checks if c["passed"] is False]
     report = {key: values.get(key) for key in (
         "real_test_accuracy", "gan_test_accuracy", "cas_accuracy", "domain_fid", "domain_fid_real",
-        "memorization_rate", "diversity_ratio", "codebook_usage", "codebook_perplexity", "normalized_entropy",
+        "domain_kid", "domain_kid_real", "memorization_rate", "diversity_ratio", "codebook_usage",
+        "codebook_perplexity", "normalized_entropy",
         "psnr", "ssim", "lpips", "reconstruction_test_accuracy", "reconstruction_domain_fid", "gan_test_ratio",
         "cas_ratio", "fid_ratio")}
     report.update(
@@ -477,6 +557,7 @@ def _assemble(values: dict, reasons: dict, extras: dict, checks: list[dict], thr
         checks=checks,
         thresholds=dataclasses.asdict(thresholds),
         reasons=reasons,
+        intervals=extras["intervals"],
         per_user=per_user,
         confusion_matrix={"rows": "intended user (generated images)", "columns": "judge's prediction",
                           "user_ids": ids, "generated": extras["confusion_generated"].tolist(),
@@ -624,6 +705,10 @@ _METRIC_TEXT = [
                    "space (lower is better)."),
     ("domain_fid_real", "The same distance between two disjoint halves of the real validation images: the "
                         "floor domain_fid is compared with (each half is smaller, so this floor is noisier)."),
+    ("domain_kid", "Kernel distance (unbiased MMD², kernel (x·y/d + 1)³, mean over random subsets) between "
+                   "generated and real validation images in the judge's feature space; ~0 (can be < 0) when alike."),
+    ("domain_kid_real", "The same kernel distance between the two halves used by domain_fid_real: its floor "
+                        "(unbiased, so it does not grow as the halves shrink, unlike the FID floor)."),
     ("memorization_rate", "Share of generated images whose nearest training image (L2 in the judge's feature "
                           "space) is as close as the closest 1 % of real validation images are to theirs; "
                           "about 0.01 for a generator that does not copy, near 1 for one that does."),
@@ -653,6 +738,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _fmt_ci(value: Any, interval: Sequence[float | None] | None) -> str:
+    """``"0.93 [0.89, 0.96]"``, or just the value when there is no interval."""
+    if value is None or not interval or interval[0] is None or interval[1] is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(float(interval[0]))}, {_fmt(float(interval[1]))}]"
+
+
+def _report_ci(report: dict, key: str) -> list | None:
+    """``[ci_low, ci_high]`` of ``key`` in ``report["intervals"]``, or None."""
+    entry = report.get("intervals", {}).get(key)
+    return None if entry is None else [entry["ci_low"], entry["ci_high"]]
+
+
 def render_markdown(report: dict) -> str:
     """The human-readable report: verdict, threshold table, metric table with meanings, per-user table, figures."""
     s = report["settings"]
@@ -674,14 +772,19 @@ def render_markdown(report: dict) -> str:
     ]
     for c in report["checks"]:
         result = {True: "pass", False: "**FAIL**", None: "not measured"}[c["passed"]]
-        lines.append(f"| {c['name']} | {c['metric']} | {_fmt(c['value'])} | {c['op']} {c['limit']} | {result} |")
+        lines.append(f"| {c['name']} | {c['metric']} | {_fmt_ci(c['value'], _report_ci(report, c['metric']))} | "
+                     f"{c['op']} {c['limit']} | {result} |")
     lines += ["", "Ratios: gan_test_ratio = gan_test_accuracy / real_test_accuracy, cas_ratio = cas_accuracy / "
-              "real_test_accuracy, fid_ratio = domain_fid / domain_fid_real.", "",
+              "real_test_accuracy, fid_ratio = domain_fid / domain_fid_real. Pass/fail is judged on the point "
+              "estimates; brackets show 95 % intervals: stratified (by user) percentile bootstrap over the test "
+              "images for accuracies and their ratios (paired for cas_ratio, no retraining), over the generated "
+              "features and each real half for fid_ratio (recentred on the estimate), percentiles over random "
+              "subsets for the KIDs; see `intervals` in the JSON for the resample counts.", "",
               "## Metrics", "", "| metric | value | meaning |", "|---|---|---|"]
     for key, text in _METRIC_TEXT:
         reason = report["reasons"].get(key)
-        lines.append(f"| {key} | {_fmt(report.get(key))} | {text}" + (f" *Not measured: {reason}*" if reason else "")
-                     + " |")
+        value = _fmt_ci(report.get(key), _report_ci(report, key))
+        lines.append(f"| {key} | {value} | {text}" + (f" *Not measured: {reason}*" if reason else "") + " |")
     j = report["judge"]
     lines += ["", f"The judge (4 conv blocks 32-64-128-128 with BatchNorm, global average pooling, a 128-wide "
               f"feature layer) was {'reused from the cache' if j['from_cache'] else 'trained'} for {j['epochs_run']} "
@@ -690,12 +793,15 @@ def render_markdown(report: dict) -> str:
               f"classifier is trained for "
               f"{s['cas_epochs']} epochs (at least {j['min_steps']} steps). Tokenizer figures use "
               f"{s['tokenizer_scope']}.", "",
-              "## Per user", "",
+              "## Per user", "", "Accuracies with Wilson 95 % intervals (about 5 images per user make them wide).",
+              "",
               "| user | real acc. | generated acc. | CAS acc. | diversity | memorization | # val | # generated |",
               "|---|---|---|---|---|---|---|---|"]
     for user_id, row in report["per_user"].items():
-        lines.append(f"| ID_{user_id} | {_fmt(row['real_test_accuracy'])} | {_fmt(row['gan_test_accuracy'])} | "
-                     f"{_fmt(row['cas_accuracy'])} | {_fmt(row['diversity_ratio'])} | "
+        ci = row.get("intervals", {})
+        lines.append(f"| ID_{user_id} | {_fmt_ci(row['real_test_accuracy'], ci.get('real_test_accuracy'))} | "
+                     f"{_fmt_ci(row['gan_test_accuracy'], ci.get('gan_test_accuracy'))} | "
+                     f"{_fmt_ci(row['cas_accuracy'], ci.get('cas_accuracy'))} | {_fmt(row['diversity_ratio'])} | "
                      f"{_fmt(row['memorization_rate'])} | {row['num_validation']} | {row['num_generated']} |")
     captions = {
         "per_user_accuracy": "Per-user accuracy: the judge on real validation images, the judge on generated "

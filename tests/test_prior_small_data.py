@@ -1,0 +1,92 @@
+"""Stage 2 on small data: augmented token grids, the data-size rule, and the best-validation weights kept."""
+
+import argparse
+
+import torch
+
+from vqvae_transformer.data.augment import circular_time_shift
+from vqvae_transformer.models.first_stage import build_first_stage
+from vqvae_transformer.models.prior import build_prior, build_prior_config
+from vqvae_transformer.training.loop import LoopConfig
+from vqvae_transformer.training import presets
+from vqvae_transformer.training.presets import SMALL_DATA_IMAGES_PER_USER, small_data_prior_settings
+from vqvae_transformer.training.train_prior import BestWeights, encode_training_tokens, stage_settings
+from vqvae_transformer.validation.reconstruction import encode_tokens
+
+TINY_VQ = dict(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=8, num_vq_embeddings=32,
+               codebook_dim=4, sample_size=16)
+
+
+def test_circular_time_shift_rolls_each_image_along_width_only():
+    images = torch.arange(2 * 1 * 3 * 5, dtype=torch.float32).reshape(2, 1, 3, 5)
+    out = circular_time_shift(images, torch.Generator().manual_seed(0))
+    for b in range(2):
+        matches = [s for s in range(5) if torch.equal(out[b], torch.roll(images[b], s, dims=-1))]
+        assert len(matches) == 1  # a pure roll along time: rows (Doppler) untouched
+
+
+def test_training_tokens_hold_the_plain_grids_then_shifted_ones():
+    torch.manual_seed(0)
+    model = build_first_stage("vq", **TINY_VQ).eval()
+    images = torch.rand(6, 1, 16, 16) * 2 - 1
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    tokens, token_labels = encode_training_tokens(model, images, labels, time_shifts=2, seed=3)
+    assert tokens.shape == (18, 8, 8) and token_labels.tolist() == labels.tolist() * 3
+    assert torch.equal(tokens[:6], encode_tokens(model, images))
+    assert not torch.equal(tokens[6:12], tokens[:6])  # the shifted rounds are new grids, not copies
+    again, _ = encode_training_tokens(model, images, labels, time_shifts=2, seed=3)
+    assert torch.equal(again, tokens)  # seeded
+    plain, plain_labels = encode_training_tokens(model, images, labels, time_shifts=0, seed=3)
+    assert plain.shape[0] == 6 and torch.equal(plain_labels, labels)
+
+
+FULL_RULE = {"prior_time_shifts": 4, "prior_dropout": 0.1, "prior_eval_steps": 100}
+
+
+def test_small_data_rule_fills_only_what_the_preset_filled(monkeypatch):
+    monkeypatch.setattr(presets, "SMALL_DATA_PRIOR", FULL_RULE)
+    small = SMALL_DATA_IMAGES_PER_USER - 1
+    settings, reason = small_data_prior_settings(small, given=set())
+    assert settings == FULL_RULE and "small data" in reason
+    settings, reason = small_data_prior_settings(small, given={"prior_dropout"})
+    assert "prior_dropout" not in settings and "kept as given: prior_dropout" in reason
+    settings, _ = small_data_prior_settings(SMALL_DATA_IMAGES_PER_USER, given=set())
+    assert settings == {}
+
+
+def test_stage_settings_follow_the_images_per_user(tmp_path, monkeypatch):
+    monkeypatch.setattr(presets, "SMALL_DATA_PRIOR", FULL_RULE)
+    cfg = LoopConfig(output_dir=tmp_path, checkpoint_dir=tmp_path / "c", max_train_steps=1000, batch_size=4,
+                     learning_rate=1e-3, eval_steps=700)
+    args = argparse.Namespace(prior_time_shifts=0, prior_dropout=0.0,
+                              preset_filled=["prior_time_shifts", "prior_dropout", "eval_steps"])
+    few = torch.arange(3).repeat_interleave(10)  # 10 images per user
+    new_args, new_cfg, _ = stage_settings(args, cfg, few)
+    assert new_args.prior_time_shifts == FULL_RULE["prior_time_shifts"]
+    assert new_args.prior_dropout == FULL_RULE["prior_dropout"]
+    assert new_cfg.eval_steps == FULL_RULE["prior_eval_steps"]
+    assert args.prior_time_shifts == 0 and cfg.eval_steps == 700  # the caller's objects are untouched
+    many = torch.arange(3).repeat_interleave(SMALL_DATA_IMAGES_PER_USER)
+    same_args, same_cfg, _ = stage_settings(args, cfg, many)
+    assert same_args.prior_time_shifts == 0 and same_cfg.eval_steps == 700
+    given = argparse.Namespace(prior_time_shifts=1, prior_dropout=0.0, preset_filled=["prior_dropout"])
+    given_args, given_cfg, _ = stage_settings(given, cfg, few)
+    assert given_args.prior_time_shifts == 1 and given_cfg.eval_steps == 700 and given_args.prior_dropout == 0.1
+
+
+def test_best_weights_keep_the_lowest_loss_and_restore_it(tmp_path):
+    torch.manual_seed(0)
+    prior = build_prior(build_prior_config(16, 2, (2, 2), n_layer=1, n_embd=16, n_head=2))
+    best = BestWeights(tmp_path)
+    best.update(prior, step=10, loss=2.0)
+    saved = {k: v.clone() for k, v in prior.state_dict().items()}
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(1.0)
+    best.update(prior, step=20, loss=2.5)  # worse: not kept
+    assert BestWeights(tmp_path).best == {"step": 10, "val_loss": 2.0}  # read back, as after a resume
+    record = BestWeights(tmp_path).restore(prior, last_step=20)
+    assert record["step"] == 10
+    for key, value in prior.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert prior.lm_head.weight.data_ptr() == prior.transformer.wte.weight.data_ptr()  # still tied
