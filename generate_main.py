@@ -7,6 +7,9 @@ Examples::
     python generate_main.py --model_dir org/name              # a model on the Hub (or in the offline cache)
     python generate_main.py --skip_existing                   # resume an interrupted run
 
+Exit codes: 0 done, 2 a bad flag, model folder or output path (one ``error:`` line on stderr; --debug adds the
+traceback), 130 Ctrl-C, 143 SIGTERM (finished users are kept; --skip_existing resumes).
+
 Nothing this script did not write is ever replaced: an --output_dir holding other files is refused
 (exit 2) unless --overwrite, which writes beside them (see vqvae_transformer/output_folder.py).
 
@@ -19,14 +22,14 @@ import argparse
 import sys
 from typing import Sequence
 
-from vqvae_transformer.cli import run_cli, setup_logging
+from vqvae_transformer.cli import ArgumentParser, add_debug_flag, run_cli, setup_logging
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR, DEFAULT_OUTPUT_DIR, run_generate_cli
 from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags of ``generate_main.py``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR,
                         help="folder written by train_main.py, or a Hub repo id org/name "
                              f"(default: {DEFAULT_MODEL_DIR})")
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resume an interrupted run: keep users whose images this tool already wrote with "
                              "the same flags and generate only the missing ones (same files as one "
                              "uninterrupted run)")
+    add_debug_flag(parser)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""Train both stages of vqvae_transformer: ``python train_main.py --num_users 31`` (see --help)."""
+"""Train both stages of vqvae_transformer: ``python train_main.py --num_users 31`` (see --help).
+
+Exit codes: 0 done, 2 a bad flag or path (one ``error:`` line on stderr; ``--debug`` adds the traceback), 130 Ctrl-C
+and 143 SIGTERM (a checkpoint at the current step is saved first; continue with --resume_from_checkpoint latest).
+"""
 
 import sys
 

@@ -7,7 +7,8 @@ Examples::
     python validate_main.py --real_data_dir other_data --max_memorization 0.02
 
 The logic lives in :mod:`vqvae_transformer.validation`; this script only hands over the flags.
-Exit codes: 0 all thresholds pass, 1 a threshold fails, 2 bad input.
+Exit codes: 0 all thresholds pass, 1 a threshold fails, 2 bad input (one ``error:`` line on stderr; ``--debug`` adds
+the traceback), 130 Ctrl-C, 143 SIGTERM.
 """
 
 import sys

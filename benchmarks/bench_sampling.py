@@ -39,8 +39,8 @@ def images_per_second(pipeline, n: int, batch_size: int, guidance: float, use_ca
     user_ids = [pipeline.user_ids[i % len(pipeline.user_ids)] for i in range(n)]
     start = time.perf_counter()
     if use_cache:
-        pipeline(user_ids=user_ids, num_images_per_user=1, guidance_scale=guidance, batch_size=batch_size, seed=0,
-                 output_type="pt")
+        pipeline(user_ids=user_ids, num_images_per_user=1, guidance_scale=guidance, batch_size=batch_size,
+                 generator=torch.Generator().manual_seed(0), output_type="pt")
     else:  # the replaced system's sampler: the same generate() call without the KV cache
         from vqvae_transformer.models.prior import sample_tokens
 

@@ -275,11 +275,12 @@ def test_second_load_uses_the_memory_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PIL.Image, "open", counting_open)
     first = load_image_folder(root, 8)
-    assert len(opened) == 4
+    per_load = len(opened)  # 4 images, plus the colour ones once more for colormap="auto"'s detection
+    assert per_load >= 4
     second = load_image_folder(root, 8)
-    assert len(opened) == 4 and second is first
+    assert len(opened) == per_load and second is first
     load_image_folder(root, 16)  # other settings decode again
-    assert len(opened) == 8
+    assert len(opened) == 2 * per_load
     _gray(9).save(root / "ID_2" / "img_new.png")  # a changed folder decodes again
     assert len(load_image_folder(root, 8)) == 5
 

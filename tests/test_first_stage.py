@@ -1,4 +1,5 @@
-"""First-stage models: token layout, save/load round trips, clear errors for foreign checkpoints."""
+"""First-stage models: token layout, save/load round trips, diffusers' forward conventions, stock diffusers
+checkpoints converted, clear errors for foreign checkpoints."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 
 import pytest
 import torch
-from diffusers import VQModel
+from diffusers import AutoencoderKL, VQModel
+from diffusers.models.autoencoders.vae import DecoderOutput
 from safetensors.torch import load_file, save_file
 
 from vqvae_transformer.errors import UserInputError
-from vqvae_transformer.models.first_stage import FORMAT_VERSION, build_first_stage, load_first_stage
+from vqvae_transformer.models.first_stage import (FORMAT_VERSION, FirstStageOutput, KLFirstStage, VQFirstStage,
+                                                  build_first_stage, load_first_stage)
 
 TINY = dict(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=8, num_vq_embeddings=32,
             codebook_dim=4, sample_size=16, layers_per_block=1)
@@ -68,10 +71,73 @@ def test_bf16_loading_keeps_the_quantizer_in_float32(tmp_path):
     assert images.shape == (1, 1, 16, 16)
 
 
-def test_loading_a_stock_vqmodel_is_a_clear_error(tmp_path):
-    VQModel(block_out_channels=(8,), norm_num_groups=8, latent_channels=4).save_pretrained(tmp_path)
-    with pytest.raises(UserInputError, match="VQModel"):
-        load_first_stage(tmp_path)
+@pytest.mark.parametrize("kind", ["vq", "kl"])
+def test_forward_takes_diffusers_arguments_and_returns_decoder_output(kind):
+    model = _trained_tiny(kind)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        out = model(sample=x)
+        plain = model(x, return_dict=False)
+    assert isinstance(out, DecoderOutput) and isinstance(out, FirstStageOutput)
+    assert out.sample.shape == x.shape and out.commit_loss.dim() == 0 and out.kl_loss.dim() == 0
+    assert out.indices.shape == (2, 8, 8)
+    assert type(out)(dict(out)).keys() == out.keys()  # Accelerate rebuilds outputs this way under fp16/bf16
+    if kind == "vq":  # as VQModel: (sample, commit_loss)
+        assert isinstance(plain, tuple) and len(plain) == 2
+        assert torch.equal(plain[0], out.sample) and torch.equal(plain[1], out.commit_loss)
+    else:  # as AutoencoderKL: (sample,)
+        assert isinstance(plain, tuple) and len(plain) == 1 and torch.equal(plain[0], out.sample)
+        with torch.no_grad():
+            drawn = model(x, sample_posterior=True, generator=torch.Generator().manual_seed(1)).sample
+            again = model(x, True, True, torch.Generator().manual_seed(1)).sample  # AutoencoderKL's positional order
+        assert torch.equal(drawn, again) and not torch.equal(drawn, out.sample)
+
+
+STOCK = dict(in_channels=1, out_channels=1, block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+             up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, latent_channels=4, sample_size=16)
+
+
+def test_a_stock_vqmodel_loads_with_its_codebook(tmp_path):
+    """A folder saved by diffusers' VQModel: our from_pretrained and load_first_stage convert it, the stock
+    codebook becomes ours, and tokens and decodes are the stock model's."""
+    torch.manual_seed(0)
+    stock = VQModel(num_vq_embeddings=16, **STOCK).eval()
+    stock.save_pretrained(tmp_path / "stock")
+    model = VQFirstStage.from_pretrained(tmp_path / "stock")
+    assert type(load_first_stage(tmp_path / "stock")) is VQFirstStage
+    assert not model.training and bool(model.quantize.initialized)
+    assert torch.equal(model.quantize.embed, stock.quantize.embedding.weight)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        latents = stock.encode(x).latents
+        _, _, (_, _, stock_indices) = stock.quantize(latents)
+        tokens = model.encode_to_tokens(x)
+        assert torch.equal(tokens.flatten(), stock_indices.flatten())
+        assert torch.allclose(model.decode_tokens(tokens), stock.decode(latents).sample, atol=1e-5)
+    model.save_pretrained(tmp_path / "ours")  # from then on it is one of ours
+    assert torch.equal(load_first_stage(tmp_path / "ours").encode_to_tokens(x), tokens)
+
+
+def test_a_stock_autoencoderkl_loads_and_gets_its_codebook_by_kmeans(tmp_path):
+    torch.manual_seed(0)
+    stock = AutoencoderKL(**STOCK).eval()
+    stock.save_pretrained(tmp_path)
+    model = load_first_stage(tmp_path, num_vq_embeddings=16, codebook_dim=4)  # config overrides as keywords
+    assert type(model) is KLFirstStage and model.config.num_vq_embeddings == 16
+    assert torch.equal(model.encoder.conv_in.weight, stock.encoder.conv_in.weight)
+    assert not bool(model.quantize.initialized)  # AutoencoderKL has no codebook: k-means on the first batch
+    model.train()(torch.rand(4, 1, 16, 16) * 2 - 1)
+    assert bool(model.quantize.initialized)
+
+
+def test_a_stock_checkpoint_in_the_wrong_class_is_a_one_line_error(tmp_path):
+    AutoencoderKL(**STOCK).save_pretrained(tmp_path / "kl")
+    with pytest.raises(UserInputError, match="AutoencoderKL; load it with KLFirstStage.from_pretrained") as wrong:
+        VQFirstStage.from_pretrained(tmp_path / "kl")
+    assert "\n" not in str(wrong.value)
+    VQModel(num_vq_embeddings=16, **STOCK).save_pretrained(tmp_path / "vq")
+    with pytest.raises(UserInputError, match="VQModel; load it with VQFirstStage"):
+        KLFirstStage.from_pretrained(tmp_path / "vq")
 
 
 def test_loading_another_format_version_is_a_clear_error(tmp_path):

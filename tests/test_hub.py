@@ -12,7 +12,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
@@ -106,7 +106,8 @@ def test_offline_generic_diffusers_load_by_repo_id_from_the_cache(model_dir, tmp
         f"generic = diffusers.DiffusionPipeline.from_pretrained({REPO_ID!r}, trust_remote_code=True)\n"
         f"ours = VQVAETransformerPipeline.from_pretrained({REPO_ID!r})\n"
         "assert type(generic) is VQVAETransformerPipeline, type(generic)\n"
-        "same = torch.equal(generic(seed=5, output_type='pt').images, ours(seed=5, output_type='pt').images)\n"
+        "same = torch.equal(generic(generator=torch.Generator().manual_seed(5), output_type='pt').images,\n"
+        "                   ours(generator=torch.Generator().manual_seed(5), output_type='pt').images)\n"
         "vqvae = diffusers.AutoModel.from_pretrained(%r, subfolder='vqvae')\n"
         "print('generic-from-cache', same, type(vqvae).__name__)\n" % REPO_ID
     )
@@ -159,6 +160,8 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str]] = []
+        self.commit_revisions: list[str] = []
+        self.pull_requests: list[dict] = []
         self.preupload_paths: list[str] = []
         self.committed: dict[str, bytes] = {}
         self.lfs_paths: list[str] = []
@@ -205,6 +208,7 @@ def _handler(hub: FakeHub, endpoint: list[str]):
                 self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
                                              "oid": None} for f in files]})
             elif self.command == "POST" and parts[:2] == ["api", "models"] and "commit" in parts:
+                hub.commit_revisions.append(unquote(parts[-1]))
                 for line in self._body().splitlines():
                     item = json.loads(line)
                     if item["key"] == "file":
@@ -214,6 +218,16 @@ def _handler(hub: FakeHub, endpoint: list[str]):
                 repo = "/".join(parts[2:4])
                 self._reply(200, {"commitUrl": f"{endpoint[0]}/{repo}/commit/{SHA}", "commitOid": SHA,
                                   "pullRequestUrl": None})
+            elif self.command == "POST" and parts[:2] == ["api", "models"] and parts[-1] == "discussions":
+                hub.pull_requests.append(json.loads(self._body()))  # create_pr: a draft pull request first
+                self._reply(200, {"num": len(hub.pull_requests)})
+            elif self.command == "GET" and parts[:2] == ["api", "models"] and parts[-2] == "discussions":
+                num, created = int(parts[-1]), hub.pull_requests[int(parts[-1]) - 1]
+                self._reply(200, {"title": created["title"], "num": num, "author": {"name": "tester"},
+                                  "createdAt": "2024-01-01T00:00:00.000Z", "status": "draft",
+                                  "repo": {"name": "/".join(parts[2:4]), "type": "model"},
+                                  "isPullRequest": created["pullRequest"], "events": [],
+                                  "changes": {"base": "refs/heads/main"}, "filesWithConflicts": []})
             elif self.command == "HEAD" and path.endswith("/resolve/main/README.md"):
                 self._reply(404)
             else:
@@ -260,4 +274,31 @@ def test_push_uploads_the_model_but_never_checkpoints(model_dir, tmp_path, fake_
     assert not hub.lfs_paths
     for name in expected:
         assert hub.committed[name] == (model_dir / name).read_bytes(), name
+    assert len(hub.requests) <= MAX_REQUESTS
+
+
+def test_pipeline_push_to_hub_passes_diffusers_arguments_to_the_hub(tmp_path, fake_hub):
+    """VQVAETransformerPipeline.push_to_hub with DiffusionPipeline.push_to_hub's arguments: create_pr opens a pull
+    request (the upload is committed to its ref), subfolder is the path in the repo (no card there, as diffusers),
+    variant names the weight files."""
+    hub, endpoint = fake_hub
+    script = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_pipeline import tiny_pipeline\n"
+        f"info = tiny_pipeline().push_to_hub({REPO_ID!r}, token='hf_dummy_token', create_pr=True, subfolder='v2',\n"
+        "                                  variant='ema', commit_message='try ema')\n"
+        "print('commit:', info, 'pr:', info.pr_url)\n"
+    )
+    env = _env(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    result = subprocess.run([sys.executable, "-c", script, str(REPO / "tests")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:] + f"\nrequests: {hub.requests}"
+    assert f"commit: {endpoint}/{REPO_ID}/commit/{SHA} pr: {endpoint}/{REPO_ID}/discussions/1" in result.stdout
+    assert [(pr["title"], pr["pullRequest"]) for pr in hub.pull_requests] == [("try ema", True)]
+    assert hub.commit_revisions and set(hub.commit_revisions) == {"refs/pr/1"}  # committed to the PR, not main
+    sent = set(hub.committed)
+    assert sent and all(path.startswith("v2/") for path in sent), sent
+    assert {"v2/model_index.json", "v2/vqvae/diffusion_pytorch_model.ema.safetensors",
+            "v2/prior/model.ema.safetensors"} <= sent and "v2/README.md" not in sent
     assert len(hub.requests) <= MAX_REQUESTS

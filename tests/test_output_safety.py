@@ -227,7 +227,7 @@ def test_sigterm_during_generation_keeps_finished_users(model_dir, tmp_path, mon
     monkeypatch.setattr(VQVAETransformerPipeline, "__call__", terminated_second_group)
     before = signal.getsignal(signal.SIGTERM)
     capsys.readouterr()
-    assert generate_main.main(_argv(model_dir, out)) == 130
+    assert generate_main.main(_argv(model_dir, out)) == 143  # 128 + SIGTERM, as training (Ctrl-C: 130)
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) == before
     assert sorted(p.name for p in out.glob("ID_*")) == ["ID_1", "ID_2"]  # the first group was committed
@@ -248,6 +248,6 @@ def test_sigterm_during_simulation_removes_the_staging_folder(tmp_path, monkeypa
     monkeypatch.setattr(simulate_mod, "_usable_cores", lambda: 1)
     argv = ["--num_users", "3", "--samples_per_user", "1", "--resolution", "16", "--output_dir",
             str(tmp_path / "sim"), "--no_progress"]
-    assert run_cli(simulate_mod.main, argv) == 130
+    assert run_cli(simulate_mod.main, argv) == 143
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
     assert list(tmp_path.iterdir()) == []

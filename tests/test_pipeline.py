@@ -1,7 +1,9 @@
-"""The two-stage pipeline: save/load round trip, reproducible sampling, output formats, user-id errors."""
+"""The two-stage pipeline: save/load round trip, reproducible sampling, output formats, user-id errors, diffusers
+conventions (generator lists, output types, push_to_hub arguments)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -9,18 +11,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 
 from vqvae_transformer.errors import UserInputError
+from vqvae_transformer.models import pipeline as pipeline_module
 from vqvae_transformer.models.first_stage import build_first_stage
 from vqvae_transformer.models.pipeline import (FORMAT_VERSION, SHIM_SOURCE, VQVAETransformerPipeline,
-                                               VQVAETransformerPipelineOutput, chunk_seeds)
+                                               VQVAETransformerPipelineOutput, image_seeds)
 from vqvae_transformer.models.prior import build_prior, build_prior_config
 
 TINY_VQ = dict(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=8, num_vq_embeddings=32,
                codebook_dim=4, sample_size=16)
 USER_IDS = [1, 2, 5]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def tiny_pipeline(channels: int = 1, kind: str = "vq") -> VQVAETransformerPipeline:
@@ -71,15 +80,15 @@ def test_round_trip_keeps_weights_config_and_ids(pipe, saved):
             assert torch.equal(original[key], restored[key]), f"{module}.{key}"
     assert loaded.prior.config.token_grid == [8, 8]
     loaded.set_progress_bar_config(disable=True)
-    a = pipe(num_images_per_user=2, seed=3, output_type="pt").images
-    b = loaded(num_images_per_user=2, seed=3, output_type="pt").images
+    a = pipe(num_images_per_user=2, generator=gen(3), output_type="pt").images
+    b = loaded(num_images_per_user=2, generator=gen(3), output_type="pt").images
     assert torch.equal(a, b)
 
 
 def test_same_seed_same_images_other_seed_other_images(pipe):
-    a = pipe(user_ids=[1, 5], num_images_per_user=3, seed=11, output_type="pt")
-    b = pipe(user_ids=[1, 5], num_images_per_user=3, seed=11, output_type="pt")
-    c = pipe(user_ids=[1, 5], num_images_per_user=3, seed=12, output_type="pt")
+    a = pipe(user_ids=[1, 5], num_images_per_user=3, generator=gen(11), output_type="pt")
+    b = pipe(user_ids=[1, 5], num_images_per_user=3, generator=gen(11), output_type="pt")
+    c = pipe(user_ids=[1, 5], num_images_per_user=3, generator=gen(12), output_type="pt")
     assert torch.equal(a.images, b.images)
     assert not torch.equal(a.images, c.images)
     assert a.user_ids == [1, 1, 1, 5, 5, 5]
@@ -93,25 +102,38 @@ def test_sampling_leaves_the_global_rng_alone(pipe):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    pipe(num_images_per_user=1, seed=0, output_type="pt")
+    pipe(num_images_per_user=1, generator=gen(0), output_type="pt")
     assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("channels, mode", [(1, "L"), (3, "RGB")])
 def test_output_types_and_modes(channels, mode):
+    """pil / np / pt / latent, all of the same samples: the latent grids decode to the pt images, which
+    VaeImageProcessor turns into the np and pil outputs."""
+    from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
     pipe = tiny_pipeline(channels)
-    out = pipe(num_images_per_user=2, seed=0)
-    assert isinstance(out, VQVAETransformerPipelineOutput)
+    out = pipe(num_images_per_user=2, generator=gen(0))
+    assert isinstance(out, VQVAETransformerPipelineOutput) and isinstance(out, ImagePipelineOutput)
     assert len(out.images) == 6 and out.user_ids == [1, 1, 2, 2, 5, 5]
-    assert all(image.mode == mode and image.size == (16, 16) for image in out.images)
-    pt = pipe(num_images_per_user=2, seed=0, output_type="pt").images
-    assert pt.shape == (6, channels, 16, 16) and pt.dtype == torch.float32
+    assert all(isinstance(image, PIL.Image.Image) and image.mode == mode and image.size == (16, 16)
+               for image in out.images)
+    pt = pipe(num_images_per_user=2, generator=gen(0), output_type="pt").images
+    assert pt.shape == (6, channels, 16, 16) and pt.dtype == torch.float32 and pt.device.type == "cpu"
     assert float(pt.min()) >= 0.0 and float(pt.max()) <= 1.0
-    arr = pipe(num_images_per_user=2, seed=0, output_type="np").images
-    assert isinstance(arr, np.ndarray) and arr.shape == (6, 16, 16, channels)
+    arr = pipe(num_images_per_user=2, generator=gen(0), output_type="np").images
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.shape == (6, 16, 16, channels)
+    assert np.array_equal(arr, pt.permute(0, 2, 3, 1).numpy())
     pil_pixels = np.asarray(out.images[0], dtype=np.float32).reshape(16, 16, channels) / 255.0
     assert np.allclose(pil_pixels, arr[0], atol=1 / 255 + 1e-6)
-    images, ids = pipe(user_ids=5, num_images_per_user=1, seed=0, return_dict=False)
+    latent = pipe(num_images_per_user=2, generator=gen(0), output_type="latent")
+    assert latent.user_ids == out.user_ids
+    codes = latent.images
+    assert codes.shape == (6, 8, 8) and codes.dtype == torch.long and codes.device.type == "cpu"
+    assert int(codes.min()) >= 0 and int(codes.max()) < 32
+    decoded = ((pipe.vqvae.decode_tokens(codes) + 1) / 2).clamp(0, 1)  # value_range [-1, 1] -> [0, 1]
+    assert torch.allclose(decoded, pt, atol=1e-5)
+    images, ids = pipe(user_ids=5, num_images_per_user=1, generator=gen(0), return_dict=False)
     assert ids == [5] and len(images) == 1
 
 
@@ -122,30 +144,61 @@ def test_unknown_user_id_names_the_valid_ids(pipe):
         pipe(num_images_per_user=0)
     with pytest.raises(UserInputError, match="temperature"):
         pipe(temperature=0.0)
-    with pytest.raises(UserInputError, match="output_type"):
+    with pytest.raises(ValueError, match=r"output_type must be one of \['pil', 'np', 'pt', 'latent'\], got 'jpeg'"):
         pipe(output_type="jpeg")
 
 
-def test_chunking_is_deterministic_and_documented(pipe):
-    """Chunks get seeds derived from (seed, chunk index): the same seed and batch_size repeat exactly.
+def test_batch_size_changes_neither_codes_nor_images(pipe):
+    """Every image has its own generator (Gumbel-max sampling in one batched generate() call), so the sampled codes
+    do not depend on batch_size; the decoded floats only by the rounding of batched convolutions."""
+    a = pipe(num_images_per_user=2, generator=gen(7), batch_size=4, output_type="latent")  # chunks of 4, 2
+    whole = pipe(num_images_per_user=2, generator=gen(7), batch_size=64, output_type="latent")
+    assert torch.equal(a.images, whole.images)
+    assert whole.user_ids == a.user_ids == [1, 1, 2, 2, 5, 5]
+    pixels_4 = pipe(num_images_per_user=2, generator=gen(7), batch_size=4, output_type="pt").images
+    pixels_64 = pipe(num_images_per_user=2, generator=gen(7), batch_size=64, output_type="pt").images
+    assert torch.allclose(pixels_4, pixels_64, atol=1e-5)
+    seeds = image_seeds(7, 3)
+    assert len(set(seeds)) == 3 and seeds[:1] == image_seeds(7, 1)  # image i's seed does not depend on the count
 
-    A different batch_size gives different (equally valid) images: generate() draws each step for the whole chunk
-    from one RNG stream (torch.multinomial over [B, V]), so a row's draws depend on its chunk. What stays the same
-    is the layout (user order) and everything sampled in the first chunk when it holds the same rows.
-    """
-    a = pipe(num_images_per_user=3, seed=7, batch_size=4, output_type="pt")  # chunks of 4, 4, 1
-    b = pipe(num_images_per_user=3, seed=7, batch_size=4, output_type="pt")
-    assert torch.equal(a.images, b.images)
-    whole = pipe(num_images_per_user=3, seed=7, batch_size=64, output_type="pt")
-    assert whole.user_ids == a.user_ids == [1, 1, 1, 2, 2, 2, 5, 5, 5]
-    assert whole.images.shape == a.images.shape
-    seeds = chunk_seeds(7, 3)
-    assert len(set(seeds)) == 3 and seeds[:1] == chunk_seeds(7, 1)  # chunk i's seed does not depend on the count
+
+def test_a_list_of_generators_seeds_each_image(pipe):
+    """Image i is drawn from generator[i] alone: the same generators repeat the images; an image does not depend on
+    the other images of the call; a list of the wrong length is a one-line ValueError."""
+    gens = lambda seeds: [gen(s) for s in seeds]  # noqa: E731
+    full = pipe(num_images_per_user=3, generator=gens(range(9)), batch_size=2, output_type="latent")
+    again = pipe(num_images_per_user=3, generator=gens(range(9)), batch_size=5, output_type="latent")
+    assert torch.equal(full.images, again.images)
+    alone = pipe(user_ids=[2], num_images_per_user=3, generator=gens(range(3, 6)), output_type="latent").images
+    assert torch.equal(full.images[3:6], alone)  # user 2's images are the 4th-6th of the full call
+    swapped = pipe(user_ids=[2], num_images_per_user=3, generator=gens([5, 4, 3]), output_type="latent").images
+    assert torch.equal(swapped, alone.flip(0))
+    assert len({tuple(grid.flatten().tolist()) for grid in full.images}) == 9
+    with pytest.raises(ValueError, match="list of 2 generators for 9 images") as wrong:
+        pipe(num_images_per_user=3, generator=gens([0, 1]))
+    assert "\n" not in str(wrong.value)
+    with pytest.raises(ValueError, match="torch.Generator"):
+        pipe(num_images_per_user=1, generator=[0, 1, 2])
+    with pytest.raises(ValueError, match="torch.Generator"):
+        pipe(num_images_per_user=1, generator=0)
+
+
+def test_sampling_and_decoding_run_on_the_execution_device(pipe, monkeypatch):
+    seen = []
+    real = pipeline_module.sample_tokens
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["device"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample_tokens", spy)
+    pipe(num_images_per_user=1, generator=gen(0), output_type="latent")
+    assert seen == [pipe._execution_device] and pipe._execution_device.type == "cpu"
 
 
 def test_guidance_scale_runs_and_changes_the_samples(pipe):
-    plain = pipe(num_images_per_user=2, seed=5, output_type="pt").images
-    guided = pipe(num_images_per_user=2, seed=5, guidance_scale=3.0, top_k=8, top_p=0.9, output_type="pt").images
+    plain = pipe(num_images_per_user=2, generator=gen(5), output_type="pt").images
+    guided = pipe(num_images_per_user=2, generator=gen(5), guidance_scale=3.0, top_k=8, top_p=0.9, output_type="pt").images
     assert guided.shape == plain.shape
     assert not torch.equal(plain, guided)
 
@@ -156,7 +209,7 @@ def test_kl_first_stage_pipeline_round_trips(tmp_path):
     loaded = VQVAETransformerPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded.vqvae).__name__ == "KLFirstStage"
-    assert torch.equal(pipe(seed=1, output_type="pt").images, loaded(seed=1, output_type="pt").images)
+    assert torch.equal(pipe(generator=gen(1), output_type="pt").images, loaded(generator=gen(1), output_type="pt").images)
 
 
 def test_loading_errors_are_one_line(saved, tmp_path):
@@ -181,19 +234,36 @@ def test_loading_errors_are_one_line(saved, tmp_path):
 def test_push_to_hub_method_saves_a_card_and_calls_the_hub_entry_point(pipe, monkeypatch):
     from vqvae_transformer import hub
 
-    seen = {}
+    seen = []
 
-    def fake_push(model_dir, repo_id, token=None, private=False, commit_message=""):
+    def fake_push(model_dir, repo_id, token=None, private=None, commit_message="", create_pr=False, subfolder=None):
         folder = Path(model_dir)
-        seen.update(repo_id=repo_id, private=private, files=sorted(str(p.relative_to(folder))
-                                                                   for p in folder.rglob("*") if p.is_file()))
+        seen.append(dict(repo_id=repo_id, private=private, token=token, create_pr=create_pr, subfolder=subfolder,
+                         commit_message=commit_message,
+                         files=sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())))
         return f"https://hub.example/{repo_id}/commit/abc"
 
     monkeypatch.setattr(hub, "push_to_hub", fake_push)
     url = pipe.push_to_hub("acme/tiny", private=True)
     assert url == "https://hub.example/acme/tiny/commit/abc"
-    assert seen["repo_id"] == "acme/tiny" and seen["private"] is True
-    assert {"README.md", "model_index.json", "vqvae/config.json", "prior/config.json"} <= set(seen["files"])
+    assert seen[0]["repo_id"] == "acme/tiny" and seen[0]["private"] is True and seen[0]["create_pr"] is False
+    assert {"README.md", "model_index.json", "vqvae/config.json", "prior/config.json"} <= set(seen[0]["files"])
+    assert "vqvae/diffusion_pytorch_model.safetensors" in seen[0]["files"]
+
+    # DiffusionPipeline.push_to_hub's arguments, passed through (variant / safe_serialization to the save)
+    pipe.push_to_hub("acme/tiny", commit_message="v2", token="hf_x", create_pr=True, safe_serialization=False,
+                     variant="ema", subfolder="v2")
+    call = seen[1]
+    assert (call["create_pr"], call["subfolder"], call["token"], call["commit_message"]) == (True, "v2", "hf_x", "v2")
+    assert "README.md" not in call["files"]  # no card for a subfolder, as diffusers
+    assert "vqvae/diffusion_pytorch_model.ema.bin" in call["files"]  # (transformers 5 always writes safetensors)
+    assert "prior/model.ema.safetensors" in call["files"] or "prior/pytorch_model.ema.bin" in call["files"]
+
+
+def test_push_to_hub_signature_extends_diffusers():
+    ours = list(inspect.signature(VQVAETransformerPipeline.push_to_hub).parameters.values())
+    theirs = list(inspect.signature(DiffusionPipeline.push_to_hub).parameters.values())
+    assert [(p.name, p.default) for p in ours[:len(theirs)]] == [(p.name, p.default) for p in theirs]
 
 
 # --- loading the way diffusers / transformers users load ----------------------------------------------------
@@ -207,7 +277,8 @@ generic = diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=
 assert type(generic) is VQVAETransformerPipeline, type(generic)
 for pipe in (ours, generic):
     pipe.set_progress_bar_config(disable=True)
-same = torch.equal(ours(seed=4, output_type="pt").images, generic(seed=4, output_type="pt").images)
+same = torch.equal(ours(generator=torch.Generator().manual_seed(4), output_type="pt").images,
+                   generic(generator=torch.Generator().manual_seed(4), output_type="pt").images)
 vqvae = diffusers.AutoModel.from_pretrained(folder, subfolder="vqvae")
 prior = transformers.AutoModelForCausalLM.from_pretrained(folder, subfolder="prior")
 vq_same = all(torch.equal(a, b) for a, b in zip(vqvae.state_dict().values(), ours.vqvae.state_dict().values()))
@@ -259,7 +330,7 @@ def test_folders_saved_before_the_shim_still_load(pipe, saved, tmp_path):
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "VQVAETransformerPipeline"}))
     loaded = VQVAETransformerPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
-    assert torch.equal(pipe(seed=2, output_type="pt").images, loaded(seed=2, output_type="pt").images)
+    assert torch.equal(pipe(generator=gen(2), output_type="pt").images, loaded(generator=gen(2), output_type="pt").images)
 
 
 def test_save_pretrained_refuses_push_to_hub(pipe, tmp_path):

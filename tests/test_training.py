@@ -173,7 +173,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_143_with_one_line(tmp_path):
     assert (tmp_path / "vqvae" / "config.json").is_file()
 
 
-def test_bad_flags_exit_2_with_one_line(tmp_path):
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys):
+    from vqvae_transformer.cli import run_cli
+    from vqvae_transformer.training.main import main
+
     cases = [
         (["--n_embd", "30", "--n_head", "4"], "--n_embd 30"),
         (["--data_dir", str(tmp_path / "missing")], "missing"),
@@ -182,9 +185,31 @@ def test_bad_flags_exit_2_with_one_line(tmp_path):
         (["--no_such_flag"], "no_such_flag"),
         (["--val_fraction", "1"], "--val_fraction"),
     ]
-    for extra, needle in cases:
-        result = run(["train_main.py", "--output_dir", str(tmp_path / "o"), *extra], check=False)
-        assert result.returncode == 2, (extra, result.stderr[-2000:])
-        last = result.stderr.strip().splitlines()[-1]
+    for extra, needle in cases:  # in-process: the same run_cli boundary train_main.py uses, one import
+        code = run_cli(main, ["--output_dir", str(tmp_path / "o"), *extra])
+        stderr = capsys.readouterr().err
+        assert code == 2, (extra, stderr[-2000:])
+        last = stderr.strip().splitlines()[-1]
         assert last.startswith("error:") and needle in last, (extra, last)
-        assert "Traceback" not in result.stderr
+        assert "Traceback" not in stderr
+    # The script itself, once: same line and exit code from a fresh process.
+    result = run(["train_main.py", "--output_dir", str(tmp_path / "o"), "--vqvae_steps", "0"], check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_killed_retrain_into_a_finished_folder_resumes_the_new_run(tmp_path):
+    """A finished model, re-trained (new seed) and cut in stage 1, then resumed: the new run continues (its
+    checkpoint, then a fresh stage 2), it does not fall back to the old finished model."""
+    out = tmp_path / "model"
+    common = ["train_main.py", *DATA, *VQVAE, *PRIOR, "--vqvae_steps", "4", "--prior_steps", "3",
+              "--checkpointing_steps", "2", "--eval_steps", "4", "--output_dir", str(out)]
+    run([*common, "--seed", "0"])
+    old_prior = weights(out / "prior")
+    run([*common, "--seed", "1", "--stop_after_steps", "vqvae:3"])  # the re-train dies after step 3 of stage 1
+    resumed = run([*common, "--seed", "1", "--resume_from_checkpoint", "latest"])
+    assert "stage 1: reusing" not in resumed.stderr and "stage 2: reusing" not in resumed.stderr
+    assert "at step 2" in resumed.stderr  # stage 1 continued from the new run's checkpoint-2
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["settings"]["seed"] == 1 and summary["prior"]["finished"]
+    new_prior = weights(out / "prior")
+    assert any(not torch.equal(old_prior[k], v) for k, v in new_prior.items())  # stage 2 trained again

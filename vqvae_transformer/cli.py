@@ -1,18 +1,60 @@
-"""Shared plumbing for the command-line entry points: logging set-up, user errors and interruptions."""
+"""Shared plumbing for the command-line entry points: logging set-up, user errors and interruptions.
+
+Every CLI (``train_main.py``, ``generate_main.py``, ``validate_main.py``, ``python -m
+vqvae_transformer.analysis.codebook``, ``python -m vqvae_transformer.data.simulate``) runs through :func:`run_cli`:
+
+=====================================================  =========  ===============================================
+what happened                                          exit code  stderr
+=====================================================  =========  ===============================================
+success                                                0          (logs only)
+validate_main.py: a threshold failed                   1          the failed checks (logged)
+a user mistake (:class:`UserInputError`, a bad flag)   2          ``error: <value> ... <what to do>``
+a path the system refuses (not a folder, permission,   2          ``error: <path>: <reason> (<ERRNO>); <what to
+read-only, no space left, ...: an ``OSError``)                    do>``
+Ctrl-C (SIGINT)                                        130        ``interrupted`` (training: the checkpoint line)
+SIGTERM (``docker stop``, schedulers)                  143        ``interrupted`` (training: the checkpoint line)
+anything else (a bug)                                  1          the full traceback
+=====================================================  =========  ===============================================
+
+``--debug`` anywhere on the command line (every CLI) prints the traceback before the one line, with the same
+exit code.
+"""
 
 from __future__ import annotations
 
+import argparse
+import errno
 import logging
 import os
 import signal
 import sys
+import traceback
 from typing import Callable, Sequence
 
-from .errors import UserInputError
+from .errors import Terminated, UserInputError
 
 EXIT_USER_ERROR = 2
 EXIT_SIGINT = 128 + signal.SIGINT  # 130
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+DEBUG_FLAG = "--debug"
+DEBUG_HELP = "on an error, also print the full traceback (for bug reports)"
+
+# errno -> what to do; these OSErrors are about a path the user gave, not bugs.
+_PATH_ERRORS = {
+    errno.ENOENT: "check the path (it does not exist)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: pass a folder path",
+    errno.EISDIR: "it is a folder where a file was expected: pass a file path or move the folder away",
+    errno.EACCES: "give yourself access (chmod / chown) or choose another path",
+    errno.EPERM: "give yourself access (chmod / chown) or choose another path",
+    errno.EROFS: "the file system is read-only: choose a path on a writable disk",
+    errno.ENOSPC: "the disk is full: free space (df -h) or choose an output folder on another disk; "
+                  "files already finished are kept",
+    errno.EDQUOT: "the disk quota is used up: free space or choose an output folder on another disk",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+    errno.ELOOP: "too many symbolic links: check the path",
+    errno.EEXIST: "it already exists: move it away or choose another path",
+    errno.ENOTEMPTY: "the folder is not empty: move it away or choose another path",
+}
 
 
 class TrainingInterrupted(Exception):
@@ -27,12 +69,11 @@ class TrainingInterrupted(Exception):
         self.signum = int(signum)
 
 
-class _Terminated(BaseException):
-    """SIGTERM outside a training loop (start-up): unwinds like ``KeyboardInterrupt``."""
+_Terminated = Terminated  # former name
 
 
 def _raise_terminated(signum, frame) -> None:
-    raise _Terminated()
+    raise Terminated(signum)
 
 
 def _is_main_process() -> bool:
@@ -48,16 +89,69 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises :class:`UserInputError` (one ``error:`` line, exit 2 through :func:`run_cli`) instead
+    of printing the usage and exiting; ``--help`` still prints and exits 0."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserInputError(f"{message} (see --help)")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """List ``--debug`` in ``--help`` (:func:`run_cli` removes it from the command line before parsing)."""
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
+
+
+def split_debug_flag(argv: Sequence[str] | None) -> tuple[list[str], bool]:
+    """``argv`` (``sys.argv[1:]`` when None) without ``--debug``, and whether it was there."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return [a for a in args if a != DEBUG_FLAG], DEBUG_FLAG in args
+
+
+def describe_os_error(err: OSError) -> str | None:
+    """One line for an ``OSError`` about a path (``<path>: <reason> (<ERRNO>); <what to do>``), else None."""
+    advice = _PATH_ERRORS.get(err.errno)
+    if advice is None:
+        return None
+    reason = err.strerror or os.strerror(err.errno)
+    where = "" if err.filename is None else f"{os.fsdecode(err.filename)}"
+    if err.filename2 is not None:
+        where += f" -> {os.fsdecode(err.filename2)}"
+    name = errno.errorcode.get(err.errno, str(err.errno))
+    return f"{where + ': ' if where else ''}{reason} ({name}); {advice}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split("\n")).strip()
+
+
+def _fail(message: str, code: int, debug: bool, main_only: bool = False) -> int:
+    """Print ``message`` (after the traceback with ``--debug``) and return ``code``."""
+    if main_only and not _is_main_process():
+        return code
+    if debug:
+        traceback.print_exc()
+    print(_one_line(message), file=sys.stderr)
+    return code
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; user errors and interruptions become one line on stderr, never a traceback.
 
-    * :class:`UserInputError`: ``error: ...``, exit code 2.
+    * :class:`UserInputError` (a bad flag, a damaged model folder, ...): ``error: ...``, exit code 2.
+    * ``OSError`` about a path (missing, not a folder, permission, read-only, disk full, ...): ``error: <path>:
+      <reason> (<ERRNO>); <what to do>``, exit code 2. Other ``OSError`` s and every other exception are bugs:
+      their traceback is shown.
     * :class:`TrainingInterrupted` (the loop saved a checkpoint): its message, exit 130 (SIGINT) or 143 (SIGTERM).
-    * Ctrl-C or SIGTERM outside a training loop (start-up): ``interrupted``, exit 130 or 143.
+    * Ctrl-C or SIGTERM outside a training loop: ``interrupted``, exit 130 (SIGINT) or 143 (SIGTERM).
+
+    ``--debug`` in ``argv`` (or ``sys.argv`` when ``argv`` is None) is removed before ``main`` sees it and adds
+    the traceback before the one line.
 
     Returns:
         The process exit code (``main``'s return value, 0 when it returns None).
     """
+    argv, debug = split_debug_flag(argv)
     previous = signal.getsignal(signal.SIGTERM)
     handle_term = previous in (signal.SIG_DFL, None)
     if handle_term:
@@ -65,20 +159,18 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     try:
         code = main(argv)
     except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _fail(f"error: {err}", EXIT_USER_ERROR, debug)
+    except OSError as err:
+        message = describe_os_error(err)
+        if message is None:
+            raise
+        return _fail(f"error: {message}", EXIT_USER_ERROR, debug)
     except TrainingInterrupted as err:
-        if _is_main_process():
-            print(str(err), file=sys.stderr)
-        return 128 + err.signum
+        return _fail(str(err), 128 + err.signum, debug, main_only=True)
+    except Terminated as err:  # before KeyboardInterrupt: it is one
+        return _fail("interrupted", 128 + err.signum, debug, main_only=True)
     except KeyboardInterrupt:
-        if _is_main_process():
-            print("interrupted", file=sys.stderr)
-        return EXIT_SIGINT
-    except _Terminated:
-        if _is_main_process():
-            print("interrupted", file=sys.stderr)
-        return EXIT_SIGTERM
+        return _fail("interrupted", EXIT_SIGINT, debug, main_only=True)
     finally:
         if handle_term:
             signal.signal(signal.SIGTERM, previous)

@@ -164,9 +164,10 @@ def write_model_card(model_dir: str | Path, summary: dict | None = None,
         f"## Figures\n{_figures_table(summary)}",
         "## Usage\nNeeds the `vqvae_transformer` package (the first stage is a custom diffusers model).\n\n"
         "```python\n"
+        "import torch\n"
         "from vqvae_transformer.models.pipeline import VQVAETransformerPipeline\n\n"
         f'pipe = VQVAETransformerPipeline.from_pretrained("{repo}")\n'
-        f"out = pipe(user_ids={first_ids}, num_images_per_user=4, seed=0)\n"
+        f"out = pipe(user_ids={first_ids}, num_images_per_user=4, generator=torch.Generator().manual_seed(0))\n"
         "out.images[0].save(\"sample.png\")  # out.user_ids[i] is the person of out.images[i]\n"
         "```\n\n"
         "From the command line (writes `ID_<k>/gen_0000.png …`, `grid.png`, `generation_info.json`):\n\n"
@@ -180,22 +181,27 @@ def write_model_card(model_dir: str | Path, summary: dict | None = None,
     return card
 
 
-def push_to_hub(model_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False,
-                commit_message: str = DEFAULT_COMMIT_MESSAGE) -> str:
+def push_to_hub(model_dir: str | Path, repo_id: str, token: str | None = None, private: bool | None = None,
+                commit_message: str = DEFAULT_COMMIT_MESSAGE, create_pr: bool = False,
+                subfolder: str | None = None) -> str:
     """Upload a saved model folder to the Hub, without its training checkpoints.
 
     Creates the repo if needed (``exist_ok=True``) and uploads everything except ``checkpoints/`` and ``*.tmp``.
-    A folder without ``README.md`` gets one from :func:`write_model_card` first.
+    A folder without ``README.md`` gets one from :func:`write_model_card` first (not when uploading into a
+    ``subfolder``, as diffusers' ``push_to_hub``).
 
     Args:
         model_dir: folder written by ``VQVAETransformerPipeline.save_pretrained`` (the training output folder).
         repo_id: ``org/name`` on the Hub.
         token: Hub token; defaults to the stored login (``hf auth login``) or ``HF_TOKEN``.
-        private: create the repo as private (ignored if it exists).
+        private: create the repo as private (None: the Hub's default; ignored if it exists).
         commit_message: the commit message.
+        create_pr: open a pull request with the upload instead of committing to ``main``.
+        subfolder: the folder of the repo to upload into (``path_in_repo``); None: the repo's root.
 
     Returns:
-        The URL of the commit.
+        The URL of the commit (a ``huggingface_hub.CommitInfo``, which is a ``str``; its ``pr_url`` is the pull
+        request's with ``create_pr``).
 
     Raises:
         UserInputError: ``model_dir`` is not a saved pipeline, or the Hub refused the token or the repo.
@@ -207,17 +213,19 @@ def push_to_hub(model_dir: str | Path, repo_id: str, token: str | None = None, p
     if not (model_dir / "model_index.json").is_file():
         raise UserInputError(f"{model_dir} holds no model_index.json, so it is not a saved model; "
                              "push the output folder of train_main.py")
-    if not (model_dir / "README.md").is_file():
+    if not subfolder and not (model_dir / "README.md").is_file():
         write_model_card(model_dir, repo_id=repo_id)
     try:
         create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
         commit = upload_folder(repo_id=repo_id, folder_path=str(model_dir), repo_type="model", token=token,
-                               commit_message=commit_message, ignore_patterns=list(PUSH_IGNORE_PATTERNS))
+                               commit_message=commit_message, ignore_patterns=list(PUSH_IGNORE_PATTERNS),
+                               create_pr=create_pr, path_in_repo=subfolder)
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         if status in (401, 403, 404):
             raise UserInputError(f"the Hub refused to push to {repo_id!r} (HTTP {status}); log in with "
                                  "`hf auth login` or pass a write token, and check the repo id") from err
         raise
-    logger.info("pushed %s to %s: %s", model_dir, repo_id, commit.commit_url)
-    return commit.commit_url
+    logger.info("pushed %s to %s: %s%s", model_dir, repo_id, commit.commit_url,
+                f" (pull request {commit.pr_url})" if commit.pr_url else "")
+    return commit

@@ -17,7 +17,8 @@ atomically. The rules, shared by ``generate_main.py``, ``validate_main.py`` and
 
 Staging folders (``.<name>.<kind>-<host>-<pid>-<random>`` beside the target) carry the host and process id of
 their writer, so a later run removes the ones whose process is gone (:func:`clear_stale_staging`).
-:func:`sigterm_as_keyboard_interrupt` turns SIGTERM into ``KeyboardInterrupt`` so ``finally`` clean-up runs.
+:func:`sigterm_as_keyboard_interrupt` turns SIGTERM into :class:`~vqvae_transformer.errors.Terminated` (a
+``KeyboardInterrupt``) so ``finally`` clean-up runs; the CLI then exits 143.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .atomic import write_json_atomic
-from .errors import UserInputError
+from .errors import Terminated, UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -247,14 +248,15 @@ def clear_stale_staging(target: str | os.PathLike, kind: str) -> list[Path]:
 
 @contextlib.contextmanager
 def sigterm_as_keyboard_interrupt() -> Iterator[None]:
-    """While active (main thread only), SIGTERM raises KeyboardInterrupt, so clean-up in ``finally`` runs and
-    :func:`vqvae_transformer.cli.run_cli` prints one line and exits non-zero."""
+    """While active (main thread only), SIGTERM raises :class:`~vqvae_transformer.errors.Terminated`, a
+    ``KeyboardInterrupt``, so clean-up in ``finally`` runs and :func:`vqvae_transformer.cli.run_cli` prints one
+    line and exits 143 (Ctrl-C: 130)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, _raise)
     try:

@@ -23,7 +23,7 @@ import torch
 from ..atomic import write_json_atomic
 from ..data import SpectrogramData, load_image_folder
 from ..data.provenance import load_model_data
-from ..errors import UserInputError
+from ..errors import UserInputError, require_folder
 from ..models.first_stage import load_first_stage
 from ..models.quantizer import code_statistics
 from ..output_folder import prepare_output_folder
@@ -122,7 +122,7 @@ def load_images(model_dir: Path, data_dir: str | None, first_stage) -> Spectrogr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..training.args import ArgumentParser
+    from ..cli import ArgumentParser, add_debug_flag
 
     parser = ArgumentParser(description="Codebook utilisation of a trained tokenizer.")
     parser.add_argument("--model_dir", default="outputs/vqvae_transformer",
@@ -137,8 +137,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", action="store_true", help="also write the usage histogram and user heat-map")
     parser.add_argument("--min_count", type=int, default=5, help="distinctive codes: minimum occurrences")
     parser.add_argument("--min_share", type=float, default=0.5, help="distinctive codes: minimum share of one user")
-    parser.add_argument("--batch_size", type=int, default=64, help="images encoded at once")
+    parser.add_argument("--batch_size", type=int, default=64, help="images encoded at once (default: 64)")
+    add_debug_flag(parser)
     return parser
+
+
+def check_inputs(args: argparse.Namespace) -> Path:
+    """Flag values, the model folder (complete, loadable, one model) and the data, before any work.
+
+    Returns:
+        The first-stage folder to load.
+
+    Raises:
+        UserInputError: one line naming the flag or file.
+    """
+    from ..models.fingerprint import VQVAE_FOLDER, check_first_stage_files, check_model_folder
+    from ..validation.cli import check_saved_data
+
+    if args.min_count < 1 or not 0 < args.min_share <= 1:
+        raise UserInputError(f"--min_count must be >= 1 and --min_share in (0, 1], got {args.min_count}, "
+                             f"{args.min_share}")
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch_size must be a positive integer (images encoded at once, e.g. 64), got "
+                             f"{args.batch_size}")
+    model_dir = Path(args.model_dir)
+    require_folder(model_dir, "--model_dir", "train a model with train_main.py first")
+    if (model_dir / VQVAE_FOLDER).is_dir():  # a training output folder
+        check_model_folder(model_dir, need=(VQVAE_FOLDER,))
+    elif (model_dir / "config.json").is_file():  # a first-stage folder itself
+        check_first_stage_files(model_dir)
+    first_stage_dir = locate_first_stage(model_dir)
+    if args.data_dir is None:
+        check_saved_data(model_dir, "--data_dir")
+    else:
+        require_folder(args.data_dir, "--data_dir", "pass a folder of ID_<k> image folders (or leave it out to use "
+                       "the model's validation split)")
+    return first_stage_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,15 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     args = build_parser().parse_args(argv)
-    if args.min_count < 1 or not 0 < args.min_share <= 1:
-        raise UserInputError(f"--min_count must be >= 1 and --min_share in (0, 1], got {args.min_count}, "
-                             f"{args.min_share}")
+    first_stage_dir = check_inputs(args)
     model_dir = Path(args.model_dir)
-    if not model_dir.is_dir():
-        raise UserInputError(f"--model_dir {model_dir} does not exist; train a model with train_main.py first")
     folder = prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=args.overwrite,
                                    reserved=[REPORT_FILE, HISTOGRAM_FILE, HEATMAP_FILE])
-    first_stage = load_first_stage(locate_first_stage(model_dir)).eval()
+    first_stage = load_first_stage(first_stage_dir).eval()
     data = load_images(model_dir, args.data_dir, first_stage)
     k = first_stage.config.num_vq_embeddings
     tokens = encode_tokens(first_stage, data.images, args.batch_size)  # (N, h, w)

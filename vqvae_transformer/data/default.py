@@ -8,6 +8,7 @@ import os
 import pathlib
 
 from ..errors import UserInputError
+from .colormap import DEFAULT_COLORMAP
 from .folder import MIN_RESOLUTION, SpectrogramData, load_image_folder
 from .hub_dataset import load_hub_dataset
 
@@ -96,6 +97,7 @@ def load_training_data(
     samples_per_user: int = 64,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    colormap: str | None = DEFAULT_COLORMAP,
 ) -> SpectrogramData:
     """Load the training data from a folder, a ``datasets`` dataset, or the embedded default.
 
@@ -110,6 +112,8 @@ def load_training_data(
         samples_per_user: images per user of the simulated default.
         seed: simulator seed of the default.
         cache_dir: cache root for the simulated default.
+        colormap: ``auto``, ``none`` or a colormap name for the colour images of ``data_dir``
+            (see :func:`load_image_folder`); the simulated default is gray.
 
     Returns:
         The loaded :class:`SpectrogramData`; ``source`` is the folder, ``hub:<name>`` or ``simulated:<folder>``.
@@ -122,7 +126,8 @@ def load_training_data(
         return load_hub_dataset(dataset_name, resolution, channels=channels, num_users=num_users)
     if data_dir is not None:
         return load_image_folder(
-            data_dir, resolution, channels=channels, num_users=num_users, skip_bad_images=skip_bad_images
+            data_dir, resolution, channels=channels, num_users=num_users, skip_bad_images=skip_bad_images,
+            colormap=colormap,
         )
     folder = default_dataset_dir(
         num_users=DEFAULT_NUM_USERS if num_users is None else num_users,

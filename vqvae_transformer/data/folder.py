@@ -3,7 +3,9 @@
 User folders are named ``ID_<k>`` (or ``ID<k>``) with ``k`` a positive integer, the public 1-based user id.
 They are ordered by that integer (``ID_10`` after ``ID_9``), gaps keep their ids, and ``num_users=N`` keeps
 the first N. Every image, of any size and PIL mode, becomes a ``[C, R, R]`` float32 tensor in [-1, 1];
-``C`` is 1 when all images are grayscale, 3 otherwise, unless forced.
+``C`` is 1 when all images are grayscale, 3 otherwise, unless forced. Colour images whose pixels lie on a known
+colormap (jet, ...; :mod:`.colormap`) are read as the scalar the colormap encodes, one channel, unless
+``colormap="none"``; the colormap is recorded in :attr:`SpectrogramData.colormap`.
 
 A plain ``os.scandir`` + PIL loader is used rather than ``datasets.load_dataset("imagefolder")``, which orders
 labels as strings and keeps corrupt images as rows that fail late (docs/DESIGN.md §7). Decoded tensors are kept
@@ -26,6 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserInputError
+from . import colormap as cmaps
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ class SpectrogramData:
     channels: int
     resolution: int
     source: str
+    colormap: str | None = None  # the colormap the images were inverted through (one channel), or None
+    colormap_fit: dict | None = None  # the detection's record (ColormapFit.to_dict) when colormap was "auto"
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -257,22 +262,30 @@ def check_resolution_and_channels(resolution: int, channels: int | None) -> None
         raise UserInputError(f"channels={channels} is not supported; use 1 (grayscale), 3 (colour) or leave unset")
 
 
-def decode_image(source: str | os.PathLike | IO[bytes], resolution: int) -> tuple[np.ndarray, bool]:
+def decode_image(source: str | os.PathLike | IO[bytes], resolution: int,
+                 colormap: str | None = None, sizes: list | None = None) -> tuple[np.ndarray, bool]:
     """Open one image, convert it to RGB and resize it (antialiased) to ``resolution``.
 
     Args:
         source: a file path or a binary file object.
         resolution: output side in pixels.
+        colormap: a colour image is inverted through this matplotlib colormap at full size (before resizing,
+            which would blend colours off the colormap's curve) and returned as gray; None keeps RGB.
+        sizes: when given, the image's original ``(width, height)`` is appended to it (for
+            :func:`warn_odd_image_sizes`).
 
     Returns:
         ``(array, is_gray)``: a ``[3, R, R]`` float32 array in [0, 1] (a gray image has three equal
-        channels) and whether the image is grayscale (a gray mode, or RGB with identical channels).
+        channels) and whether the image is grayscale (a gray mode, RGB with identical channels, or a
+        colour image inverted through ``colormap``).
 
     Raises:
         One of :data:`DECODE_ERRORS` for an unreadable file.
     """
     with Image.open(source) as image:
         image.load()
+        if sizes is not None:
+            sizes.append(image.size)
         if image.mode in _HIGH_DEPTH_MODES:
             gray = _resize_high_depth(image, resolution)  # [R, R]
             return np.repeat(gray[None], 3, axis=0), True
@@ -282,6 +295,10 @@ def decode_image(source: str | os.PathLike | IO[bytes], resolution: int) -> tupl
         rgb = image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA") else image.convert("RGB")
         full = np.asarray(rgb)  # [H, W, 3] uint8
         is_gray = bool(np.array_equal(full[..., 0], full[..., 1]) and np.array_equal(full[..., 0], full[..., 2]))
+        if colormap is not None and not is_gray:
+            scalar = cmaps.rgb_to_scalar(full, colormap)  # [H, W] in [0, 1]
+            resized = np.clip(np.asarray(_resize(Image.fromarray(scalar), resolution), dtype=np.float32), 0.0, 1.0)
+            return np.repeat(resized[None], 3, axis=0), True
         small = np.asarray(_resize(rgb, resolution), dtype=np.float32) / 255.0  # [R, R, 3]
         return np.ascontiguousarray(small.transpose(2, 0, 1)), is_gray
 
@@ -367,6 +384,7 @@ def load_image_folder(
     channels: int | None = None,
     num_users: int | None = None,
     skip_bad_images: bool = False,
+    colormap: str | None = cmaps.DEFAULT_COLORMAP,
 ) -> SpectrogramData:
     """Load ``DATA_DIR/ID_<k>/*`` into a :class:`SpectrogramData`, decoding each folder once per process.
 
@@ -376,6 +394,9 @@ def load_image_folder(
         channels: 1 or 3 to force; None detects (1 when every image is grayscale, else 3).
         num_users: keep the first N users in id order; None keeps all.
         skip_bad_images: skip unreadable images with a warning instead of stopping.
+        colormap: ``"auto"`` detects whether the colour images lie on a known colormap and, if so, reads them
+            as its scalar (one channel); a colormap name forces it; ``"none"`` or None keeps colour images as
+            RGB. Ignored (none) when ``channels=3`` is forced.
 
     Returns:
         The images ``[N, C, R, R]`` in [-1, 1], 0-based labels, public user ids and file paths.
@@ -384,17 +405,61 @@ def load_image_folder(
         UserInputError: see :func:`scan_user_folders`, a bad resolution/channels, or unreadable images.
     """
     check_resolution_and_channels(resolution, channels)
+    colormap = None if colormap in (None, "none") or channels == 3 else cmaps.check_colormap_name(colormap)
     files_by_user = scan_user_folders(data_dir, num_users)
     root = pathlib.Path(data_dir).expanduser().resolve()
-    key = _cache_key(root, files_by_user, resolution, channels, num_users, skip_bad_images)
+    key = _cache_key(root, files_by_user, resolution, channels, num_users, skip_bad_images) + (colormap,)
     cached = recall_decoded(key)
     if cached is not None:
         logger.info("Using the %d images of %s already decoded in this process", len(cached), root)
         return cached
 
-    data = _decode_folder(root, files_by_user, resolution, channels, skip_bad_images)
+    fit = None
+    if colormap == "auto":
+        colormap, fit = _detect_folder_colormap(files_by_user)
+    data = _decode_folder(root, files_by_user, resolution, channels, skip_bad_images, colormap)
+    data = dataclasses.replace(data, colormap_fit=fit)
     remember_decoded(key, data)
     return data
+
+
+_COLORMAP_SAMPLE_IMAGES = 32  # images (spread over the users) whose pixels decide "auto"
+
+
+def _detect_folder_colormap(files_by_user: dict[int, list[pathlib.Path]]) -> tuple[str | None, dict | None]:
+    """Decide ``colormap="auto"``: the colormap the colour images lie on (logged with its error), or None."""
+    order = [path for rank in range(max(len(files) for files in files_by_user.values()))
+             for files in files_by_user.values() if rank < len(files) for path in [files[rank]]]  # round-robin
+    images = []
+    for path in order:
+        if len(images) >= _COLORMAP_SAMPLE_IMAGES:
+            break
+        try:
+            with Image.open(path) as image:
+                if image.mode in _GRAY_MODES:
+                    continue
+                rgb = image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA") else image.convert("RGB")
+                full = np.asarray(rgb)
+        except DECODE_ERRORS:
+            continue  # reported (or skipped) by the decoding pass
+        if not (np.array_equal(full[..., 0], full[..., 1]) and np.array_equal(full[..., 0], full[..., 2])):
+            images.append(full)
+    if not images:
+        return None, None  # gray data: nothing to detect
+    fits = cmaps.rank_colormaps(images)
+    best = fits[0]
+    record = {**best.to_dict(), "sampled_images": len(images)}
+    if best.accepted:
+        logger.info("Colour images lie on the %r colormap (distance to its curve: median %.1f, mean %.1f, p95 %.1f "
+                    "in 0-255 RGB units, over %d pixels of %d images; next best %r at mean %.1f): modelled as its "
+                    "scalar, one channel (--colormap none keeps RGB)", best.name, best.median_error,
+                    best.mean_error, best.p95_error, best.num_pixels, len(images), fits[1].name,
+                    best.runner_up_mean_error)
+        return best.name, record
+    logger.info("Colour images are not on a known colormap (closest %r: median %.1f, mean %.1f in 0-255 RGB units; "
+                "next best at mean %.1f): kept as RGB", best.name, best.median_error, best.mean_error,
+                best.runner_up_mean_error)
+    return None, record
 
 
 def _cache_key(
@@ -420,6 +485,7 @@ def _decode_folder(
     resolution: int,
     channels: int | None,
     skip_bad_images: bool,
+    colormap: str | None = None,
 ) -> SpectrogramData:
     """Decode every listed image; report unreadable ones by name (or skip them with a warning)."""
     start = time.perf_counter()
@@ -429,11 +495,13 @@ def _decode_folder(
     labels: list[int] = []
     paths: list[str] = []
     bad: list[str] = []
+    sizes: list[tuple[int, int]] = []  # original (width, height) of each decoded image
     for label, user_id in enumerate(user_ids):
         decoded_for_user = 0
         for path in files_by_user[user_id]:
             try:
-                array, is_gray = decode_image(path, resolution)
+                size: list[tuple[int, int]] = []
+                array, is_gray = decode_image(path, resolution, colormap, sizes=size)
             except DECODE_ERRORS as err:
                 logger.debug("Cannot read %s: %s", path, err)
                 bad.append(str(path))
@@ -442,6 +510,7 @@ def _decode_folder(
             gray_flags.append(is_gray)
             labels.append(label)
             paths.append(str(path))
+            sizes.append(size[0])
             decoded_for_user += 1
         if decoded_for_user == 0 and skip_bad_images:
             raise UserInputError(
@@ -449,11 +518,13 @@ def _decode_folder(
                 "fix the images or remove the folder"
             )
     _report_bad_images(bad, skip_bad_images)
+    warn_odd_image_sizes(paths, sizes, resolution)
 
     images, channels = stack_images(arrays, gray_flags, channels)  # [N, C, R, R]
     logger.info(
-        "Loaded %d images of %d users from %s at %d px, %d channel(s) in %.2f s",
-        len(paths), len(user_ids), root, resolution, channels, time.perf_counter() - start,
+        "Loaded %d images of %d users from %s at %d px, %d channel(s)%s in %.2f s",
+        len(paths), len(user_ids), root, resolution, channels,
+        f" (the scalar of colormap {colormap!r})" if colormap else "", time.perf_counter() - start,
     )
     return SpectrogramData(
         images=images,
@@ -463,6 +534,7 @@ def _decode_folder(
         channels=channels,
         resolution=int(resolution),
         source=str(root),
+        colormap=colormap,
     )
 
 
@@ -472,7 +544,26 @@ def _report_bad_images(bad: list[str], skip_bad_images: bool) -> None:
         return
     if not skip_bad_images:
         raise UserInputError(
-            f"cannot read {len(bad)} image(s): {_short_list(bad)}; fix or remove them, "
-            "or pass skip_bad_images (--skip_bad_images) to train without them"
+            f"cannot read {len(bad)} image(s): {_short_list(bad)}; fix or remove them (train_main.py "
+            "--skip_bad_images, or skip_bad_images=True in Python, leaves them out instead)"
         )
     logger.warning("Skipped %d unreadable image(s): %s", len(bad), _short_list(bad, limit=20))
+
+
+ODD_MIN_SIDE = 16  # images with a side below this many pixels are warned about
+ODD_MAX_ASPECT = 8.0  # ... and images whose long side exceeds this many times the short one
+
+
+def warn_odd_image_sizes(paths: Sequence[str], sizes: Sequence[tuple[int, int]], resolution: int) -> int:
+    """Warn once when images are tiny (a side below :data:`ODD_MIN_SIDE` px) or far from square (aspect ratio above
+    :data:`ODD_MAX_ASPECT`:1): resizing them to ``resolution`` x ``resolution`` makes blurs or smears, not
+    spectrograms. Names the first such files and their ``(width, height)`` ``sizes``; returns how many there are."""
+    odd: list[str] = []
+    for path, (width, height) in zip(paths, sizes):
+        if min(width, height) < ODD_MIN_SIDE or max(width, height) > ODD_MAX_ASPECT * max(min(width, height), 1):
+            odd.append(f"{path} ({width}x{height})")
+    if odd:
+        logger.warning("%d image(s) are smaller than %d px on a side or more than %g:1 from square and were resized "
+                       "to %dx%d anyway, e.g. %s; check they are spectrograms of the expected size",
+                       len(odd), ODD_MIN_SIDE, ODD_MAX_ASPECT, resolution, resolution, _short_list(odd, limit=3))
+    return len(odd)

@@ -19,7 +19,7 @@ DATA_INFO_FILE = "data_info.json"
 SPLIT_FILE = "split.json"
 
 _LOAD_KEYS = ("data_dir", "dataset_name", "resolution", "channels", "num_users", "skip_bad_images",
-              "samples_per_user", "seed")
+              "samples_per_user", "seed", "colormap")
 
 
 def save_data_info(output_dir: str | Path, data: SpectrogramData, **load_kwargs) -> Path:
@@ -37,7 +37,9 @@ def save_data_info(output_dir: str | Path, data: SpectrogramData, **load_kwargs)
     if data.source.startswith("simulated:"):
         info["simulated_dir"] = data.source.split(":", 1)[1]
     info.update(source=data.source, user_ids=list(data.user_ids), channels=data.channels,
-                resolution=data.resolution, num_images=len(data))
+                resolution=data.resolution, num_images=len(data),
+                colormap=data.colormap or "none",  # what "auto" resolved to: reloads read the images the same way
+                colormap_fit=data.colormap_fit)
     return write_json_atomic(Path(output_dir) / DATA_INFO_FILE, info)
 
 

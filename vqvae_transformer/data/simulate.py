@@ -12,7 +12,7 @@ previous run with the same parameters (its ``persons.json`` records them), in wh
 as is and nothing is written. So the simulator never replaces or deletes a file in ``output_dir`` (its
 ``persons.json`` plays the role of the other tools' ownership manifest, see
 :mod:`vqvae_transformer.output_folder`). The staging folder ``.<name>.partial-<host>-<pid>-*`` of a killed run
-is removed by the next run; SIGTERM removes it at once (one line, exit 130).
+is removed by the next run; SIGTERM removes it at once (one line, exit 143).
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _validate(args.num_users, args.samples_per_user, args.resolution, args.seed, args.colormap)
     if not args.output_dir.strip():
         raise UserInputError("--output_dir must not be empty")
-    with sigterm_as_keyboard_interrupt():  # SIGTERM: staging removed, "interrupted", exit 130
+    with sigterm_as_keyboard_interrupt():  # SIGTERM: staging removed, "interrupted", exit 143
         path = simulate_dataset(
             args.output_dir,
             num_users=args.num_users,

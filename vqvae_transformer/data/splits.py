@@ -21,7 +21,8 @@ SPLIT_FORMAT_VERSION = 1
 
 
 def stratified_split(
-    labels: Sequence[int] | torch.Tensor, val_fraction: float = 0.2, seed: int = 0
+    labels: Sequence[int] | torch.Tensor, val_fraction: float = 0.2, seed: int = 0,
+    user_ids: Sequence[int] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Split indices per user into train and validation.
 
@@ -33,6 +34,8 @@ def stratified_split(
         labels: ``[N]`` 0-based user labels.
         val_fraction: share of each user's images for validation, in [0, 1).
         seed: seed of the draw.
+        user_ids: public id of each label (``SpectrogramData.user_ids``), only for the warning about users with a
+            single image, which then names their folders ``ID_<k>``.
 
     Returns:
         ``(train_indices, val_indices)``, each sorted.
@@ -53,7 +56,10 @@ def stratified_split(
         val.extend(members[:n_val].tolist())
         train.extend(members[n_val:].tolist())
     if single and val_fraction > 0:
-        logger.warning("%d user label(s) have a single image and get no validation image: %s", len(single), single)
+        names = [f"ID_{user_ids[label]}" for label in single] if user_ids is not None else \
+            [f"label {label}" for label in single]
+        logger.warning("%d user(s) have a single image and get no validation image: %s", len(single),
+                       ", ".join(names))
     return sorted(train), sorted(val)
 
 

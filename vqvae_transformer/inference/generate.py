@@ -17,7 +17,9 @@ The command-line front end is ``generate_main.py``; :func:`run_generate_cli` hol
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import os
 import shutil
 import time
@@ -32,7 +34,9 @@ from torchvision.utils import make_grid
 
 from ..atomic import write_json_atomic
 from ..errors import UserInputError
-from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE, VQVAETransformerPipeline, tensor_to_pil
+from ..models.fingerprint import PIPELINE_PARTS, check_model_folder
+from ..models.pipeline import (DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE, VQVAETransformerPipeline,
+                               resolve_model_folder, tensor_to_pil)
 from ..output_folder import (OutputFolder, clear_stale_staging, make_staging_dir, prepare_output_folder,
                              sigterm_as_keyboard_interrupt)
 
@@ -221,7 +225,8 @@ def generate_to_folder(
             continue
         start = time.perf_counter()
         result = pipeline(user_ids=group, num_images_per_user=samples_per_user, temperature=temperature, top_k=top_k,
-                          top_p=top_p, guidance_scale=guidance_scale, seed=group_seed(seed, group),
+                          top_p=top_p, guidance_scale=guidance_scale,
+                          generator=torch.Generator().manual_seed(group_seed(seed, group)),
                           batch_size=batch_size, output_type="pt")
         seconds += time.perf_counter() - start
         staging = make_staging_dir(output_dir, STAGING_KIND)
@@ -288,10 +293,13 @@ def validate_generate_args(args: argparse.Namespace) -> None:
     for flag in ("samples_per_user", "batch_size"):
         if getattr(args, flag) <= 0:
             raise UserInputError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
-    if not args.temperature > 0:
-        raise UserInputError(f"--temperature must be > 0, got {args.temperature}")
-    if not args.guidance_scale > 0:
-        raise UserInputError(f"--guidance_scale must be > 0 (1 disables guidance), got {args.guidance_scale}")
+    for flag, value, hint in (("temperature", args.temperature, f"e.g. {DEFAULT_TEMPERATURE}"),
+                              ("guidance_scale", args.guidance_scale,
+                               f"1 disables guidance, default {DEFAULT_GUIDANCE_SCALE}")):
+        if not math.isfinite(value):
+            raise UserInputError(f"--{flag} must be a finite number > 0 ({hint}), got {value}")
+        if not value > 0:
+            raise UserInputError(f"--{flag} must be > 0, got {value} ({hint})")
     if args.top_k is not None and args.top_k <= 0:
         raise UserInputError(f"--top_k must be a positive integer (omit it to keep all codes), got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
@@ -305,6 +313,93 @@ def validate_generate_args(args: argparse.Namespace) -> None:
             raise UserInputError(f"--user_ids lists {repeated} more than once; give each id once")
 
 
+PNG_OVERHEAD_BYTES = 256  # PNG signature, header, end chunk and zlib framing of one small image
+MEMORY_SHARE = 0.8  # refuse a run whose images held at once would need more than this share of the free memory
+
+
+def _human_bytes(count: float) -> str:
+    """``1.5 GiB``-style size."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} PiB"
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), None when unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _png_bytes_on_disk(resolution: int, channels: int, folder: Path) -> int:
+    """Estimated disk use of one generated PNG: the uncompressed 8-bit pixels (noise-like spectrograms barely
+    compress) plus :data:`PNG_OVERHEAD_BYTES`, rounded up to the file system's block size."""
+    raw = resolution * resolution * channels + PNG_OVERHEAD_BYTES
+    try:
+        block = os.statvfs(folder).f_frsize or 4096
+    except (OSError, AttributeError):
+        block = 4096
+    return -(-raw // block) * block
+
+
+def check_generation_fits(args: argparse.Namespace, pipeline: VQVAETransformerPipeline) -> None:
+    """Refuse, before sampling, a run whose images cannot fit on the disk of ``--output_dir`` or in memory.
+
+    * Disk: ``samples_per_user * users`` PNGs of :func:`_png_bytes_on_disk` each must fit in the free space of
+      the output folder's disk (``shutil.disk_usage``).
+    * Memory: a user group's images are held as float32 ``[N, C, R, R]`` (twice, while being concatenated) before
+      they are written, with the prior's key/value cache of one ``--batch_size`` chunk (doubled with guidance);
+      that must stay below :data:`MEMORY_SHARE` of the available memory.
+
+    Raises:
+        UserInputError: one line with the estimate, what is free and the flag to lower.
+    """
+    users = len(args.user_ids) if args.user_ids else len(pipeline.user_ids)
+    resolution, channels = int(pipeline.config.resolution), pipeline.output_channels
+    total = args.samples_per_user * users
+    where = _existing_ancestor(Path(args.output_dir))
+    per_png = _png_bytes_on_disk(resolution, channels, where)
+    free = shutil.disk_usage(where).free
+    if total * per_png > free:
+        fit = max(free // (per_png * users), 0)
+        raise UserInputError(
+            f"--samples_per_user {args.samples_per_user} x {users} user(s) = {total} images need about "
+            f"{_human_bytes(total * per_png)} on disk ({resolution}x{resolution} px, {channels} channel(s): about "
+            f"{_human_bytes(per_png)} per PNG) but {where} has {_human_bytes(free)} free; lower --samples_per_user "
+            f"(about {fit} fit) or choose an --output_dir on a larger disk")
+    held = max(min(args.samples_per_user, total), min(args.batch_size, total))  # images of one group at once
+    image_bytes = 2 * held * channels * resolution * resolution * 4
+    prior = pipeline.prior.config
+    chunk = min(args.batch_size, total) * (2 if args.guidance_scale != 1 else 1)
+    cache_bytes = 2 * prior.n_layer * prior.n_embd * prior.n_positions * 4 * chunk + chunk * prior.vocab_size * 4
+    need, available = image_bytes + cache_bytes, _available_memory()
+    if available is not None and need > MEMORY_SHARE * available:
+        flag, value = ("--batch_size", args.batch_size) if cache_bytes > image_bytes or \
+            args.batch_size >= args.samples_per_user else ("--samples_per_user", args.samples_per_user)
+        raise UserInputError(
+            f"{flag} {value} needs about {_human_bytes(need)} of memory at once ({held} images of "
+            f"{resolution}x{resolution} px held before writing, and the prior's cache for "
+            f"{min(args.batch_size, total)} sequences) but {_human_bytes(available)} is available; lower {flag} "
+            "(run several times with other --seed values into other --output_dir folders for more images)")
+
+
 def load_pipeline(model_dir: str, device: torch.device) -> VQVAETransformerPipeline:
     """Load the pipeline from a folder or Hub repo id and move it to ``device``.
 
@@ -314,7 +409,9 @@ def load_pipeline(model_dir: str, device: torch.device) -> VQVAETransformerPipel
     if model_dir == DEFAULT_MODEL_DIR and not Path(model_dir).is_dir():
         raise UserInputError(f"no trained model at {model_dir} (the default --model_dir); run train_main.py "
                              "first or pass --model_dir FOLDER_OR_HUB_REPO_ID")
-    pipeline = VQVAETransformerPipeline.from_pretrained(model_dir)
+    folder = resolve_model_folder(model_dir)
+    check_model_folder(folder, need=PIPELINE_PARTS)  # every file present, complete and of one model, before loading
+    pipeline = VQVAETransformerPipeline.from_pretrained(folder)
     return pipeline.to(device)
 
 
@@ -333,10 +430,18 @@ def run_generate_cli(args: argparse.Namespace) -> dict:
     prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=overwrite, staging_beside=True)
     device = resolve_device(args.device)
     pipeline = load_pipeline(args.model_dir, device)
-    with sigterm_as_keyboard_interrupt():
-        return generate_to_folder(
-            pipeline, args.output_dir, samples_per_user=args.samples_per_user, user_ids=args.user_ids,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale,
-            batch_size=args.batch_size, seed=args.seed, model_dir=args.model_dir, overwrite=overwrite,
-            skip_existing=skip_existing,
-        )
+    check_generation_fits(args, pipeline)  # disk and memory, before sampling
+    try:
+        with sigterm_as_keyboard_interrupt():
+            return generate_to_folder(
+                pipeline, args.output_dir, samples_per_user=args.samples_per_user, user_ids=args.user_ids,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale,
+                batch_size=args.batch_size, seed=args.seed, model_dir=args.model_dir, overwrite=overwrite,
+                skip_existing=skip_existing,
+            )
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise  # run_cli reports the other path errors (and shows the traceback of the rest)
+        raise UserInputError(f"--output_dir {args.output_dir}: the disk filled up while writing ({err.strerror}); "
+                             "the users finished so far are kept: free space and rerun with --skip_existing, or "
+                             "choose an --output_dir on another disk") from err

@@ -40,10 +40,12 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (module-level name needed by pipelines, §7)
-from diffusers.utils import BaseOutput
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import GPT2LMHeadModel
 
+from ..data.colormap import CANDIDATES as COLORMAP_CANDIDATES, scalar_to_rgb
 from ..errors import UserInputError
 from . import first_stage as first_stage_module
 from .fingerprint import check_model_folder
@@ -77,18 +79,19 @@ trust_remote_code=True) imports this file and returns a VQVAETransformerPipeline
 
 from vqvae_transformer.models.pipeline import VQVAETransformerPipeline  # noqa: F401
 '''
-OUTPUT_TYPES = ("pil", "pt", "np")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 _SEED_MODULUS = 2**63 - 1
 
 
 @dataclass
-class VQVAETransformerPipelineOutput(BaseOutput):
-    """Output of :class:`VQVAETransformerPipeline`.
+class VQVAETransformerPipelineOutput(ImagePipelineOutput):
+    """Output of :class:`VQVAETransformerPipeline`: diffusers' ``ImagePipelineOutput`` plus the user ids.
 
     Args:
-        images: list of PIL images (mode ``"L"`` for 1 channel, ``"RGB"`` for 3), a float tensor
-            ``[N, C, R, R]`` in [0, 1] (``output_type="pt"``) or a float array ``[N, R, R, C]`` in [0, 1]
-            (``output_type="np"``, the diffusers convention).
+        images: by ``output_type``: ``"pil"`` a list of PIL images (mode ``"L"`` for 1 channel, ``"RGB"`` for 3);
+            ``"np"`` a float32 array ``[N, R, R, C]`` in [0, 1]; ``"pt"`` a float32 tensor ``[N, C, R, R]`` in
+            [0, 1] on the CPU; ``"latent"`` the sampled code grids, an int64 tensor ``[N, h, w]`` on the CPU
+            (row-major, the input of ``pipe.vqvae.decode_tokens``).
         user_ids: public (1-based folder) id of each image, in the same order.
     """
 
@@ -173,9 +176,12 @@ def _check_saved_pipeline(folder: Path) -> dict:
     return index
 
 
-def chunk_seeds(seed: int, num_chunks: int) -> list[int]:
-    """Independent, reproducible per-chunk seeds derived from one seed (``numpy.random.SeedSequence``)."""
-    states = np.random.SeedSequence(int(seed) % _SEED_MODULUS).generate_state(num_chunks, np.uint64)
+def image_seeds(seed: int, count: int) -> list[int]:
+    """Independent, reproducible per-image seeds derived from one seed (``numpy.random.SeedSequence``).
+
+    Seed ``i`` does not depend on ``count``: ``image_seeds(s, n)[:m] == image_seeds(s, m)``.
+    """
+    states = np.random.SeedSequence(int(seed) % _SEED_MODULUS).generate_state(count, np.uint64)
     return [int(state) >> 1 for state in states]  # 63-bit, valid for torch.manual_seed
 
 
@@ -191,6 +197,9 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         channels: 1 (grayscale) or 3 (colour); defaults to the first stage's ``out_channels``.
         value_range: the range the first stage was trained on, ``[-1, 1]``.
         format_version: version of the saved layout (checked when loading).
+        colormap: the matplotlib colormap the training images were inverted through (1-channel model of their
+            scalar, :mod:`vqvae_transformer.data.colormap`); images are returned coloured back in it (RGB).
+            None: images have ``channels`` channels.
 
     The non-module arguments are saved in ``model_index.json`` and restored by :meth:`from_pretrained`.
     """
@@ -206,6 +215,7 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         channels: int | None = None,
         value_range: list[float] | tuple[float, float] = (-1.0, 1.0),
         format_version: int = FORMAT_VERSION,
+        colormap: str | None = None,
     ):
         super().__init__()
         vocab = vocabulary_from_config(prior.config)
@@ -229,9 +239,15 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         low, high = (float(v) for v in value_range)
         if not low < high:
             raise ValueError(f"value_range must be (low, high) with low < high, got {list(value_range)}")
+        if colormap is not None and (colormap not in COLORMAP_CANDIDATES or channels != 1):
+            raise ValueError(f"colormap must be None or one of {list(COLORMAP_CANDIDATES)} on a 1-channel model, got "
+                             f"{colormap!r} with {channels} channel(s)")
         self.register_modules(vqvae=vqvae, prior=prior)
         self.register_to_config(user_ids=user_ids, resolution=resolution, channels=channels,
-                                value_range=[low, high], format_version=int(format_version))
+                                value_range=[low, high], format_version=int(format_version), colormap=colormap)
+        # Decoded images are mapped from value_range to [-1, 1] (_to_model_range), which do_normalize undoes.
+        self.image_processor = VaeImageProcessor(vae_scale_factor=vqvae.downsample_factor, do_resize=False,
+                                                 do_normalize=True)
 
     # ------------------------------------------------------------------ loading
 
@@ -332,17 +348,47 @@ class VQVAETransformerPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ sampling
 
-    def _base_seed(self, seed: int | None, generator: torch.Generator | None) -> int:
-        """The seed all chunk seeds derive from: ``seed``, else one drawn from ``generator``/the global RNG."""
-        if seed is not None:
-            return int(seed)
-        draw = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu")
-        return int(draw.item())
+    @staticmethod
+    def _image_generators(generator: torch.Generator | list[torch.Generator] | None,
+                          count: int) -> list[torch.Generator | int]:
+        """One generator per image: the caller's list, else per-image seeds derived from one draw of
+        ``generator`` (of the global RNG without one); :meth:`__call__` makes generators of them chunk by chunk."""
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != count:
+                raise UserInputError(f"got a list of {len(generator)} generators for {count} images; pass one "
+                                     "generator per image (len(user_ids) * num_images_per_user) or a single one")
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise UserInputError("generator must be a torch.Generator or a list of them, got a list holding "
+                                     f"{sorted({type(g).__name__ for g in generator})}")
+            return list(generator)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise UserInputError(f"generator must be a torch.Generator or a list of them, got "
+                                 f"{type(generator).__name__}")
+        device = generator.device if generator is not None else "cpu"
+        base = int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
+        return image_seeds(base, count)
 
-    def _to_unit_range(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, C, R, R]`` in ``value_range`` -> float32 in [0, 1] on the CPU."""
+    @property
+    def output_channels(self) -> int:
+        """Channels of the images ``__call__`` returns: 3 for a colormap model (coloured back), else ``channels``."""
+        return 3 if getattr(self.config, "colormap", None) else int(self.config.channels)
+
+    def _colour(self, images: torch.Tensor) -> torch.Tensor:
+        """A colormap model's ``[N, 1, R, R]`` scalar in [-1, 1] -> ``[N, 3, R, R]`` in that colormap, in [-1, 1],
+        so generated folders look like the data it was trained on; other models' images pass through."""
+        name = getattr(self.config, "colormap", None)
+        if not name:
+            return images
+        rgb = scalar_to_rgb(((images[:, 0] + 1.0) / 2.0).numpy(), name)  # (N, R, R, 3) in [0, 1]
+        return torch.from_numpy(rgb).permute(0, 3, 1, 2).mul(2.0).sub(1.0).contiguous()  # (N, 3, R, R)
+
+    def _to_model_range(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, C, R, R]`` in ``value_range`` -> float32 in [-1, 1] (what ``image_processor`` expects) on the CPU."""
         low, high = self.config.value_range
-        return ((images.float() - low) / (high - low)).clamp(0.0, 1.0).cpu()
+        images = images.float()
+        if (low, high) != (-1.0, 1.0):
+            images = (images - low) / (high - low) * 2.0 - 1.0
+        return images.cpu()
 
     @torch.no_grad()
     def __call__(
@@ -353,8 +399,7 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         top_k: int | None = None,
         top_p: float | None = None,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         batch_size: int = 64,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -363,12 +408,17 @@ class VQVAETransformerPipeline(DiffusionPipeline):
 
         Requests are laid out user by user (all images of the first id, then the next, ...) and sampled in
         chunks of ``batch_size`` across users: one KV-cached ``generate()`` call per chunk
-        (:func:`~vqvae_transformer.models.prior.sample_tokens`), then one first-stage decode.
+        (:func:`~vqvae_transformer.models.prior.sample_tokens`), then one first-stage decode, both on
+        ``self._execution_device``.
 
-        Reproducibility: chunk ``i`` is sampled with a seed derived from ``(seed, i)``, so the same seed and
-        the same ``batch_size`` give identical images on the same device. Changing ``batch_size`` changes the
-        images: ``generate()`` draws the next token of a whole chunk from one RNG stream (``torch.multinomial``
-        over ``[B, V]``), so a row's draws depend on the rows sampled with it.
+        Reproducibility: every image is sampled from its own ``torch.Generator`` (Gumbel-max sampling, the same
+        distribution as multinomial sampling; :class:`~vqvae_transformer.models.prior.GumbelSamplingLogitsProcessor`),
+        so an image depends on its generator, its user and the sampling settings, not on ``batch_size`` or on
+        the other images of the call. With a list, image ``i`` (in the user-major order above) uses
+        ``generator[i]``; with one generator (or none: the global RNG) one number is drawn from it and image
+        ``i`` gets a generator seeded with the ``i``-th seed derived from that number (:func:`image_seeds`),
+        so the same seeded generator gives the same images whatever ``batch_size``. Images are identical for
+        the same generators on the same device and software versions.
 
         Args:
             user_ids: public 1-based ids (one int or a list); None means every user the model knows.
@@ -378,18 +428,22 @@ class VQVAETransformerPipeline(DiffusionPipeline):
             top_p: nucleus threshold in (0, 1] (None: off).
             guidance_scale: classifier-free guidance (1 = off; the unconditional branch is the null user). The
                 default, :data:`DEFAULT_GUIDANCE_SCALE`, costs two prior passes per token.
-            generator: a ``torch.Generator`` to draw the base seed from when ``seed`` is None.
-            seed: base seed; wins over ``generator``. Without either, the base seed comes from the global RNG.
-            batch_size: sequences per ``generate()`` call (> 0).
-            output_type: ``"pil"``, ``"pt"`` or ``"np"``.
+            generator: a ``torch.Generator`` or a list of ``len(user_ids) * num_images_per_user`` of them (one
+                per image, any device); see above.
+            batch_size: sequences per ``generate()`` call (> 0); changes speed and memory, not the images.
+            output_type: ``"pil"`` (PIL images), ``"np"`` (float array ``[N, R, R, C]`` in [0, 1]), ``"pt"``
+                (float tensor ``[N, C, R, R]`` in [0, 1], on the CPU) or ``"latent"`` (the code grids, an int64
+                tensor ``[N, h, w]`` on the CPU, not decoded; ``pipe.vqvae.decode_tokens`` decodes them).
+                Images go through ``diffusers.image_processor.VaeImageProcessor.postprocess``.
             return_dict: return a :class:`VQVAETransformerPipelineOutput` (else ``(images, user_ids)``).
 
         Returns:
-            :class:`VQVAETransformerPipelineOutput` with ``images`` and the public ``user_ids`` of each image.
+            :class:`VQVAETransformerPipelineOutput` with ``images`` (as ``output_type`` says) and the public
+            ``user_ids`` of each image.
 
         Raises:
-            UserInputError: unknown user ids, a non-positive count or batch size, an unknown output type or
-                bad sampling settings.
+            UserInputError (a ``ValueError``): unknown user ids, a non-positive count or batch size, an unknown
+                output type, a generator list of the wrong length or bad sampling settings.
         """
         if output_type not in OUTPUT_TYPES:
             raise UserInputError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
@@ -398,27 +452,29 @@ class VQVAETransformerPipeline(DiffusionPipeline):
                 raise UserInputError(f"{name} must be a positive integer, got {value!r}")
         labels = self.labels_for(user_ids)
         all_labels = [label for label in labels for _ in range(num_images_per_user)]  # user-major order
-        chunks = [all_labels[i:i + batch_size] for i in range(0, len(all_labels), batch_size)]
-        seeds = chunk_seeds(self._base_seed(seed, generator), len(chunks))
+        generators = self._image_generators(generator, len(all_labels))
+        device = self._execution_device
 
-        images = []
-        for chunk, chunk_seed in zip(self.progress_bar(chunks), seeds):
+        outputs = []
+        for start in self.progress_bar(range(0, len(all_labels), batch_size)):
+            chunk = all_labels[start:start + batch_size]
+            chunk_generators = [g if isinstance(g, torch.Generator) else torch.Generator().manual_seed(g)
+                                for g in generators[start:start + batch_size]]
             try:
                 tokens = sample_tokens(self.prior, chunk, temperature=temperature, top_k=top_k, top_p=top_p,
-                                       guidance_scale=guidance_scale, seed=chunk_seed)  # (B, h, w)
+                                       guidance_scale=guidance_scale, generator=chunk_generators,
+                                       device=device)  # (B, h, w)
             except ValueError as err:  # bad sampling settings: the user's to fix
                 raise UserInputError(str(err)) from err
-            decoded = self.vqvae.decode_tokens(tokens.to(self.vqvae.device))  # (B, C, R, R) ~ value_range
-            images.append(self._to_unit_range(decoded))
-        pixels = torch.cat(images)  # (N, C, R, R) in [0, 1]
+            if output_type == "latent":
+                outputs.append(tokens.cpu())
+            else:
+                decoded = self.vqvae.decode_tokens(tokens.to(device))  # (B, C, R, R) ~ value_range
+                outputs.append(self._colour(self._to_model_range(decoded)))  # (B, C', R, R) ~ [-1, 1], CPU float32
+        stacked = torch.cat(outputs)  # (N, h, w) codes or (N, C, R, R) pixels
         public_ids = [self.user_ids[label] for label in all_labels]
+        result = stacked if output_type == "latent" else self.image_processor.postprocess(stacked, output_type)
 
-        if output_type == "pt":
-            result = pixels
-        elif output_type == "np":
-            result = pixels.permute(0, 2, 3, 1).numpy()  # (N, R, R, C)
-        else:
-            result = tensor_to_pil(pixels)
         self.maybe_free_model_hooks()
         if not return_dict:
             return result, public_ids
@@ -427,8 +483,10 @@ class VQVAETransformerPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ sharing
 
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
-                    token: str | None = None, summary: dict | None = None, **kwargs) -> str:
-        """Save this pipeline with a model card into a temporary folder and upload it.
+                    token: str | None = None, create_pr: bool = False, safe_serialization: bool = True,
+                    variant: str | None = None, subfolder: str | None = None, summary: dict | None = None) -> str:
+        """``DiffusionPipeline.push_to_hub``: save this pipeline (with a model card) into a temporary folder and
+        upload it.
 
         For a training output folder (with its split, ``training_summary.json`` and sample grid) prefer
         :func:`vqvae_transformer.hub.push_to_hub` on the folder itself; this method uploads the weights and
@@ -436,33 +494,34 @@ class VQVAETransformerPipeline(DiffusionPipeline):
 
         Args:
             repo_id: ``org/name`` on the Hub (created if missing).
-            commit_message: commit message.
-            private: create the repo private.
+            commit_message: commit message (default :data:`vqvae_transformer.hub.DEFAULT_COMMIT_MESSAGE`).
+            private: create the repo private (None: the Hub's default; ignored if the repo exists).
             token: Hub token (defaults to the stored login).
+            create_pr: open a pull request with the upload instead of committing to ``main``.
+            safe_serialization: save the weights as safetensors (else ``.bin``).
+            variant: weights saved as ``*.<variant>.safetensors``; load them with ``from_pretrained(...,
+                variant=variant)``.
+            subfolder: upload into this folder of the repo (no model card then, as diffusers does).
             summary: optional figures for the model card (see :func:`vqvae_transformer.hub.write_model_card`).
 
         Returns:
-            The commit URL.
+            The commit URL (``huggingface_hub.CommitInfo``, a ``str``; ``.pr_url`` with ``create_pr``).
         """
         from .. import hub
 
-        if kwargs:
-            raise UserInputError(f"push_to_hub does not take {sorted(kwargs)}; see vqvae_transformer.hub.push_to_hub")
         with tempfile.TemporaryDirectory(prefix="vqvae_transformer_push_") as tmp:
-            self.save_pretrained(tmp)
-            hub.write_model_card(tmp, summary=summary)
-            return hub.push_to_hub(tmp, repo_id, token=token, private=bool(private),
-                                   commit_message=commit_message or hub.DEFAULT_COMMIT_MESSAGE)
+            self.save_pretrained(tmp, safe_serialization=safe_serialization, variant=variant)
+            if not subfolder:
+                hub.write_model_card(tmp, summary=summary, repo_id=repo_id)
+            return hub.push_to_hub(tmp, repo_id, token=token, private=private, create_pr=create_pr,
+                                   subfolder=subfolder, commit_message=commit_message or hub.DEFAULT_COMMIT_MESSAGE)
 
 
 def tensor_to_pil(pixels: torch.Tensor) -> list[PIL.Image.Image]:
     """``[N, C, R, R]`` floats in [0, 1] -> PIL images, mode ``"L"`` for C = 1 and ``"RGB"`` for C = 3."""
     if pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
         raise ValueError(f"expected [N, 1 or 3, R, R] pixels, got {tuple(pixels.shape)}")
-    array = (pixels * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, R, R, C)
-    if array.shape[-1] == 1:
-        return [PIL.Image.fromarray(image[..., 0]) for image in array]  # uint8 (R, R) -> mode "L"
-    return [PIL.Image.fromarray(image) for image in array]  # uint8 (R, R, 3) -> mode "RGB"
+    return VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(pixels))  # via (N, R, R, C) floats
 
 
 def _describe_ids(ids: Sequence[int]) -> str:

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PriorVocabulary",
     "CodeOnlyLogitsProcessor",
+    "GumbelSamplingLogitsProcessor",
     "build_prior_config",
     "build_prior",
     "grid_position_init",
@@ -43,6 +44,9 @@ __all__ = [
     "make_prior_batch",
     "prior_loss",
     "sample_tokens",
+    "user_log_likelihoods",
+    "user_posterior",
+    "user_vs_null_log_ratio",
     "TOKEN_ORDERS",
     "grid_to_sequence",
     "sequence_to_grid",
@@ -387,6 +391,32 @@ def prior_loss(prior: GPT2LMHeadModel, batch: dict[str, torch.Tensor]) -> torch.
     return prior(input_ids=batch["input_ids"], labels=batch["labels"]).loss
 
 
+class GumbelSamplingLogitsProcessor(transformers.LogitsProcessor):
+    """Adds Gumbel noise to the (warped) scores, so that greedy decoding samples: ``argmax(s + G)`` with
+    ``G = -log(-log U)`` is distributed as ``softmax(s)`` (the Gumbel-max trick).
+
+    Args:
+        generator: one ``torch.Generator`` for the whole batch (noise ``[B, V]`` per step), or one per row: row
+            ``i`` draws ``V`` uniforms per step from ``generator[i]`` only, so its codes do not depend on the
+            other rows of the batch. The noise is drawn on each generator's device and moved to the scores'.
+    """
+
+    def __init__(self, generator: torch.Generator | list[torch.Generator]):
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # scores: (B, V)
+        rows, width = scores.shape
+        if isinstance(self.generator, torch.Generator):
+            uniform = torch.rand(rows, width, generator=self.generator, device=self.generator.device)
+        else:
+            if len(self.generator) != rows:
+                raise ValueError(f"{len(self.generator)} generators for a batch of {rows} rows")
+            uniform = torch.stack([torch.rand(width, generator=g, device=g.device) for g in self.generator])
+        uniform = uniform.to(scores.device).clamp_(min=torch.finfo(uniform.dtype).tiny)  # (B, V) in (0, 1)
+        return scores + (-torch.log(-torch.log(uniform))).to(scores.dtype)
+
+
 class CodeOnlyLogitsProcessor(transformers.LogitsProcessor):
     """Masks every non-code id (``id >= K``: user and null tokens) so sampling emits image codes only.
 
@@ -416,12 +446,17 @@ def sample_tokens(
     guidance_scale: float = 1.0,
     use_cache: bool = True,
     seed: int | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.LongTensor:
     """Sample token grids for the given users with one batched ``generate()`` call.
 
     The model is put in eval mode for the call and its previous mode restored afterwards. With
     ``seed`` the sampling runs under ``torch.random.fork_rng``: the same seed gives the same grids and the
-    caller's global RNG state is left untouched.
+    caller's global RNG state is left untouched. With ``generator`` the codes are drawn by the Gumbel-max trick
+    (:class:`GumbelSamplingLogitsProcessor`; the same distribution as multinomial sampling): a list gives every
+    sequence its own generator, so a row's codes do not depend on the rows sampled with it, and the global RNG is
+    not used.
 
     Args:
         prior: a prior built by :func:`build_prior` (or loaded with ``from_pretrained``).
@@ -435,6 +470,9 @@ def sample_tokens(
         use_cache: KV cache on (the fast path). ``False`` re-runs the whole prefix at every step, the
             reference no-cache sampler benchmarks compare against.
         seed: optional seed for reproducible sampling.
+        generator: instead of ``seed``: one ``torch.Generator`` for the whole batch, or a list of ``B`` (one per
+            sequence, on any device).
+        device: where the prompts are built (the pipeline's execution device); defaults to ``prior.device``.
 
     Returns:
         ``(B, h, w)`` int64 code indices in ``[0, K)``, a row-major grid whatever the prior's token order.
@@ -460,21 +498,37 @@ def sample_tokens(
     if not guidance_scale > 0:
         raise ValueError(f"guidance_scale must be > 0, got {guidance_scale!r}")
 
-    device = prior.device
+    device = torch.device(device) if device is not None else prior.device
     labels = torch.as_tensor(labels, dtype=torch.long)
     if labels.dim() != 1 or labels.numel() == 0:
         raise ValueError(f"labels must be a non-empty 1-D sequence of user indices, got shape {tuple(labels.shape)}")
     prompt = vocab.user_token(labels).to(device)[:, None]  # (B, 1), validates the label range
+    if generator is not None and seed is not None:
+        raise ValueError("pass seed or generator, not both")
+    if isinstance(generator, (list, tuple)) and len(generator) != prompt.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {prompt.shape[0]} sequences; pass one per sequence")
+
+    processors = [CodeOnlyLogitsProcessor(vocab.codebook_size)]
+    if generator is None:  # multinomial sampling inside generate(), from the (forked) global RNG
+        sampling: dict = dict(do_sample=True, temperature=float(temperature),
+                              top_k=top_k if top_k is not None else 0,  # 0 disables (the default is 50)
+                              top_p=float(top_p) if top_p is not None else 1.0)
+    else:  # the warpers generate() would add when sampling, then Gumbel noise; greedy decoding takes the argmax
+        sampling = dict(do_sample=False)
+        if float(temperature) != 1.0:
+            processors.append(transformers.TemperatureLogitsWarper(float(temperature)))
+        if top_k is not None:
+            processors.append(transformers.TopKLogitsWarper(top_k))
+        if top_p is not None and float(top_p) < 1.0:
+            processors.append(transformers.TopPLogitsWarper(float(top_p)))
+        processors.append(GumbelSamplingLogitsProcessor(generator))
 
     gen_kwargs: dict = dict(
         attention_mask=torch.ones_like(prompt),
         max_new_tokens=num_tokens,
         min_new_tokens=num_tokens,
-        do_sample=True,
-        temperature=float(temperature),
-        top_k=top_k if top_k is not None else 0,  # 0 disables (the generation config default is 50)
-        top_p=float(top_p) if top_p is not None else 1.0,
-        logits_processor=transformers.LogitsProcessorList([CodeOnlyLogitsProcessor(vocab.codebook_size)]),
+        **sampling,
+        logits_processor=transformers.LogitsProcessorList(processors),
         use_cache=use_cache,
         bos_token_id=None,
         eos_token_id=None,
@@ -506,3 +560,93 @@ def sample_tokens(
     if codes.shape[1] != num_tokens:
         raise RuntimeError(f"generate returned {codes.shape[1]} tokens, expected {num_tokens}")
     return sequence_to_grid(codes, (h, w), vocab.token_order)  # (B, h, w) row-major
+
+
+@torch.no_grad()
+def _code_log_likelihoods(prior: GPT2LMHeadModel, codes: torch.Tensor, prompts: torch.Tensor,
+                          batch_size: int) -> torch.Tensor:
+    """``log p(codes_i | prompts_i)`` summed over the codes, softmax over the K codes only (what sampling draws
+    from once non-code ids are masked), at temperature 1 and without guidance.
+
+    Args:
+        codes: ``(S, T)`` code ids in the prior's token order; prompts: ``(S,)`` user or null token ids.
+
+    Returns:
+        ``(S,)`` float32 on the CPU.
+    """
+    vocab = vocabulary_from_config(prior.config)
+    was_training = prior.training
+    prior.eval()
+    scores = []
+    try:
+        for start in range(0, codes.shape[0], batch_size):
+            chunk = codes[start:start + batch_size]  # (b, T)
+            input_ids = torch.cat([prompts[start:start + batch_size, None], chunk], dim=1)  # (b, T+1)
+            logits = prior(input_ids=input_ids).logits[:, :-1, : vocab.codebook_size]  # (b, T, K): predicts c_1..c_T
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            scores.append(log_probs.gather(-1, chunk[..., None]).squeeze(-1).sum(dim=1).cpu())  # (b,)
+    finally:
+        prior.train(was_training)
+    return torch.cat(scores)
+
+
+def user_log_likelihoods(
+    prior: GPT2LMHeadModel,
+    tokens: torch.Tensor,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """``log p(grid | user)`` under the prior for every user (and the null user), summed over the codes.
+
+    The prior is a generative classifier: with a uniform prior over users, ``softmax`` over the user columns
+    is the posterior ``p(user | grid)`` (:func:`user_posterior`). Costs ``N + 1`` forward passes per grid; for
+    the intended user against the null user alone (2 passes) see :func:`user_vs_null_log_ratio`.
+
+    Args:
+        prior: the prior.
+        tokens: ``(B, h, w)`` row-major code grids.
+        batch_size: sequences per forward pass (``B * (N + 1)`` sequences in all).
+
+    Returns:
+        ``(B, N + 1)`` float32 on the CPU: column ``u < N`` is 0-based user ``u``, column ``N`` the null user.
+    """
+    vocab = vocabulary_from_config(prior.config)
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens must have shape (B, h, w), got {tuple(tokens.shape)}")
+    device = prior.device
+    codes = grid_to_sequence(tokens, vocab.token_order).long().to(device)  # (B, T) in the prior's order
+    prompts = torch.arange(vocab.num_users + 1, device=device) + vocab.codebook_size  # (N+1,) users, then null
+    # Every (grid, prompt) pair, grid-major: row g*(N+1)+u is grid g under prompt u.
+    pair_codes = codes.repeat_interleave(len(prompts), dim=0)  # (B*(N+1), T)
+    pair_prompts = prompts.repeat(codes.shape[0])  # (B*(N+1),)
+    return _code_log_likelihoods(prior, pair_codes, pair_prompts, batch_size).view(codes.shape[0], len(prompts))
+
+
+def user_vs_null_log_ratio(prior: GPT2LMHeadModel, tokens: torch.Tensor, labels: torch.Tensor,
+                           batch_size: int = 256) -> torch.Tensor:
+    """``log p(grid | user) - log p(grid | null user)`` per grid: how much the user token explains the grid.
+
+    Args:
+        tokens: ``(B, h, w)`` row-major code grids; labels: ``(B,)`` 0-based users.
+
+    Returns:
+        ``(B,)`` float32 on the CPU, in nats (summed over the codes).
+    """
+    vocab = vocabulary_from_config(prior.config)
+    device = prior.device
+    codes = grid_to_sequence(tokens, vocab.token_order).long().to(device)  # (B, T)
+    user = vocab.user_token(labels.to(device))  # (B,)
+    null = torch.full_like(user, vocab.null_token)
+    both = _code_log_likelihoods(prior, torch.cat([codes, codes]), torch.cat([user, null]), batch_size)  # (2B,)
+    return both[: len(user)] - both[len(user):]
+
+
+def user_posterior(log_likelihoods: torch.Tensor) -> torch.Tensor:
+    """``p(user | grid)`` from :func:`user_log_likelihoods` (uniform prior over users, null column dropped).
+
+    Args:
+        log_likelihoods: ``(B, N + 1)``.
+
+    Returns:
+        ``(B, N)`` rows summing to 1.
+    """
+    return torch.softmax(log_likelihoods[:, :-1], dim=1)

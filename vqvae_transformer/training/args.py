@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.colormap import COLORMAP_CHOICES, DEFAULT_COLORMAP
 from ..errors import UserInputError
 from .loop import LoopConfig
 from .presets import apply_preset, resolve_preset
@@ -16,7 +17,7 @@ from .presets import apply_preset, resolve_preset
 DEFAULT_OUTPUT_DIR = "outputs/vqvae_transformer"
 
 # The flags a stage's weights depend on: saved in its checkpoints, and a resume with other values is refused.
-DATA_SETTINGS = ("data_dir", "dataset_name", "num_users", "resolution", "channels", "samples_per_user",
+DATA_SETTINGS = ("data_dir", "dataset_name", "num_users", "resolution", "channels", "colormap", "samples_per_user",
                  "val_fraction", "seed")
 STAGE_SETTINGS = {
     "vqvae": DATA_SETTINGS + ("first_stage", "block_out_channels", "latent_channels", "codebook_size",
@@ -43,6 +44,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resolution", type=int, default=None, help="image side in pixels (preset: 64 CPU, 128 GPU)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="1 (grayscale) or 3 (colour); default: detected from the data")
+    g.add_argument("--colormap", choices=COLORMAP_CHOICES, default=DEFAULT_COLORMAP,
+                   help="colour images that lie on this matplotlib colormap are modelled as its scalar (one "
+                        "channel) and generated images are written back in it; auto detects it (the choice and "
+                        "its error are logged and saved in data_info.json), none keeps RGB "
+                        f"(default: {DEFAULT_COLORMAP})")
     g.add_argument("--samples_per_user", type=int, default=None,
                    help="images per simulated user when no data is given (preset: 64)")
     g.add_argument("--skip_bad_images", action="store_true", help="skip unreadable images (listed in the log) "
@@ -144,8 +150,24 @@ def finalize_args(args: argparse.Namespace) -> str:
     return name
 
 
+def check_report_to(value: str) -> None:
+    """``--report_to``: none, all or one tracker accelerate knows whose package is installed (UserInputError)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = [t.value for t in LoggerType if t.value != "all"]
+    if value in ("none", "all"):
+        return
+    if value not in known:
+        raise UserInputError(f"--report_to {value!r} is not a tracker; use none, all or one of {', '.join(known)}")
+    if value not in [str(getattr(t, "value", t)) for t in get_available_trackers()]:
+        raise UserInputError(f"--report_to {value}: the {value} package is not installed; pip install {value} or "
+                             "use --report_to none")
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Reject impossible values, naming the flag and the value."""
+    check_report_to(getattr(args, "report_to", "none") or "none")  # (issue 13: one line, the values that exist)
     positive = ("num_users", "resolution", "samples_per_user", "latent_channels", "codebook_size", "codebook_dim",
                 "vqvae_steps", "vqvae_batch_size", "n_layer", "n_embd", "n_head", "prior_steps", "prior_batch_size",
                 "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit", "eval_steps")

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from ..data import SpectrogramData, load_split, load_training_data, save_split, stratified_split
+from ..data.colormap import DEFAULT_COLORMAP
 from ..data.provenance import SPLIT_FILE, save_data_info
 
 logger = logging.getLogger(__name__)
@@ -16,7 +17,8 @@ def data_kwargs(args: argparse.Namespace) -> dict:
     """The :func:`load_training_data` arguments a run's flags ask for."""
     return dict(data_dir=args.data_dir, dataset_name=args.dataset_name, resolution=args.resolution,
                 channels=args.channels, num_users=args.num_users, skip_bad_images=args.skip_bad_images,
-                samples_per_user=args.samples_per_user, seed=args.seed)
+                samples_per_user=args.samples_per_user, seed=args.seed,
+                colormap=getattr(args, "colormap", DEFAULT_COLORMAP))
 
 
 def prepare_data(args: argparse.Namespace, reuse_split: bool = True) -> tuple[SpectrogramData, list[int], list[int]]:
@@ -35,7 +37,7 @@ def prepare_data(args: argparse.Namespace, reuse_split: bool = True) -> tuple[Sp
         train_idx, val_idx = load_split(split_path, data)
         logger.info(f"reusing the saved split {split_path}: {len(train_idx)} train, {len(val_idx)} validation")
     else:
-        train_idx, val_idx = stratified_split(data.labels, args.val_fraction, args.seed)
+        train_idx, val_idx = stratified_split(data.labels, args.val_fraction, args.seed, user_ids=data.user_ids)
         save_split(split_path, data, train_idx, val_idx, args.seed, args.val_fraction)
         logger.info(f"split {len(data)} images of {data.num_users} users: {len(train_idx)} train, "
                     f"{len(val_idx)} validation (saved to {split_path})")
@@ -44,5 +46,6 @@ def prepare_data(args: argparse.Namespace, reuse_split: bool = True) -> tuple[Sp
                        "training images")
     save_data_info(output_dir, data, **kwargs)
     logger.info(f"data: {data.source} — {data.num_users} users {data.user_ids[0]}..{data.user_ids[-1]}, "
-                f"{data.channels} channel(s), {data.resolution} px")
+                f"{data.channels} channel(s), {data.resolution} px"
+                + (f", colormap {data.colormap}" if data.colormap else ""))
     return data, train_idx, val_idx

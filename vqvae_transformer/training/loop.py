@@ -11,6 +11,12 @@ with different values is refused in one line before any state is loaded.
 Signals: while the loop runs, SIGINT and SIGTERM only set a flag; at the end of the current optimiser step every
 rank joins in saving a checkpoint at that step, and :class:`~vqvae_transformer.cli.TrainingInterrupted` carries the
 one line ``run_cli`` prints (exit 130 or 143). Temp folders a hard kill left behind are removed at start.
+
+Numerical faults: a NaN/inf loss (any micro-batch, any rank) or, outside fp16 (whose scaler skips such steps), a
+non-finite gradient norm stops the loop at that optimiser step with :class:`NumericalFault` (a
+:class:`~vqvae_transformer.errors.UserInputError`: one line, exit 2) naming the stage, the step and the last good
+checkpoint; that step is neither checkpointed nor evaluated, and the stage writes no final model. A resume applies
+this run's learning rate, so "lower the learning rate, then resume" does what it says.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ logger = get_logger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"
+
+class NumericalFault(UserInputError):
+    """The loss (or the gradient norm) became NaN or infinite; the message names stage, step and what to do."""
+
 
 StepFn = Callable[[torch.nn.Module, tuple, Accelerator], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[torch.nn.Module, int, list], dict[str, float]]
@@ -97,6 +107,20 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
         if entry.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (entry / STATE_FILE).is_file():
             found.append((int(suffix), entry))
     return [path for _, path in sorted(found)]
+
+
+def run_finished(checkpoint_dir: Path) -> bool:
+    """Whether the newest checkpoint in ``checkpoint_dir`` is the last step of its run.
+
+    False with no checkpoint, or when a run was cut short (killed, interrupted, a numerical fault) after it; True
+    for a checkpoint of an older version, which does not record its run's length.
+    """
+    found = list_checkpoints(checkpoint_dir)
+    if not found:
+        return False
+    state = json.loads((found[-1] / STATE_FILE).read_text())
+    total = state.get("max_train_steps")
+    return total is None or int(state["step"]) >= int(total)
 
 
 def resolve_checkpoint(checkpoint_dir: Path, resume: str | None) -> Path | None:
@@ -173,8 +197,9 @@ def save_checkpoint(accelerator: Accelerator, cfg: LoopConfig, step: int, histor
     accelerator.save_state(output_dir=str(tmp))
     accelerator.wait_for_everyone()  # every rank's random_states_<rank>.pkl is in tmp
     if accelerator.is_main_process:
-        write_text_atomic(tmp / STATE_FILE, json.dumps({"step": step, "history": history,
-                                                        "settings": cfg.resume_settings}, default=str))
+        write_text_atomic(tmp / STATE_FILE, json.dumps({"step": step, "max_train_steps": cfg.max_train_steps,
+                                                        "history": history, "settings": cfg.resume_settings},
+                                                       default=str))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(cfg.checkpoint_dir)[:-cfg.checkpoints_total_limit]:
@@ -276,6 +301,7 @@ def run_training(
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint at the step it interrupted was saved first.
         UserInputError: the resumed checkpoint was saved with other ``cfg.resume_settings``.
+        NumericalFault: a NaN/inf loss or gradient norm at some step (on any rank); nothing of that step was saved.
     """
     cfg.validate()
     accelerator = accelerator or make_accelerator(cfg)
@@ -301,6 +327,7 @@ def run_training(
         state = json.loads((checkpoint / STATE_FILE).read_text())
         check_resume_settings(checkpoint, state.get("settings"), cfg.resume_settings)
         accelerator.load_state(str(checkpoint))
+        _apply_learning_rate(optimizer, scheduler, cfg.learning_rate)
         step, history = int(state["step"]), list(state["history"])
         logger.info(f"resumed from {checkpoint} at step {step}", main_process_only=True)
 
@@ -319,9 +346,12 @@ def run_training(
 
 def _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn, eval_fn, on_epoch_start, step,
                  history, updates_per_epoch, progress, stop: StopSignals) -> bool:
-    """The optimiser steps of :func:`run_training`; returns ``finished`` or raises ``TrainingInterrupted``."""
+    """The optimiser steps of :func:`run_training`; returns ``finished`` or raises ``TrainingInterrupted`` or
+    ``NumericalFault``."""
     logs: dict[str, float] = {}
     finished = True
+    nonfinite = torch.zeros(2, dtype=torch.bool, device=accelerator.device)  # [loss, gradient norm] not finite
+    check_grad_norm = accelerator.mixed_precision != "fp16"  # fp16's scaler skips steps with inf gradients itself
     while step < cfg.max_train_steps:
         epoch, done_in_epoch = divmod(step, updates_per_epoch)
         loader.set_epoch(epoch)
@@ -332,15 +362,22 @@ def _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn,
         for batch in batches:
             with accelerator.accumulate(model):
                 loss, logs = step_fn(model, batch, accelerator)
+                nonfinite[0] |= ~torch.isfinite(loss.detach()).all()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    if check_grad_norm and isinstance(norm, torch.Tensor):
+                        nonfinite[1] |= ~torch.isfinite(norm.detach()).to(nonfinite.device)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            bad_loss, bad_grad = _any_rank(accelerator, nonfinite)  # before this step's checkpoint or evaluation
+            if bad_loss or bad_grad:
+                progress.close()
+                raise NumericalFault(_fault_message(cfg, step, bad_loss))
             logs = {"loss": float(loss.detach()), **logs, "lr": scheduler.get_last_lr()[0]}
             progress.update(1)
             progress.set_postfix({k: _short(v) for k, v in logs.items() if k != "lr"})
@@ -367,6 +404,57 @@ def _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn,
         if not finished:
             break
     return finished
+
+
+def _any_rank(accelerator: Accelerator, flags: torch.Tensor) -> list[bool]:
+    """``flags`` (bool) or-ed over the ranks; every rank calls this together once per optimiser step."""
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags.to(torch.int32), reduction="sum")
+    return [bool(v) for v in flags.tolist()]
+
+
+def _fault_message(cfg: LoopConfig, step: int, bad_loss: bool) -> str:
+    """The one line of a :class:`NumericalFault` at ``step``: what happened, what was kept, what to do."""
+    stage = cfg.tracker_name
+    what = "the loss is NaN or infinite" if bad_loss else "the gradient norm is NaN or infinite"
+    lr_flag = f"--{stage}_learning_rate" if stage in ("vqvae", "prior") else "--learning_rate"
+    remedy = f"lower {lr_flag} (now {cfg.learning_rate:g})"
+    if cfg.mixed_precision != "no":
+        remedy += f" or use --mixed_precision no (now {cfg.mixed_precision})"
+    found = list_checkpoints(cfg.checkpoint_dir)
+    kept = [path for path in found if int(path.name[len(CHECKPOINT_PREFIX):]) < step]
+    if kept:
+        resume = "latest" if kept[-1] == found[-1] else str(kept[-1])
+        after = (f"the last good checkpoint {kept[-1]} is kept: {remedy}, then continue with "
+                 f"--resume_from_checkpoint {resume}")
+    else:
+        after = f"no checkpoint was saved before it (--checkpointing_steps {cfg.checkpointing_steps}): {remedy} " \
+                "and train again"
+    return (f"stage {stage} stopped at step {step} of {cfg.max_train_steps}: {what} (numerical fault); this step "
+            f"and the final model were not saved; {after}")
+
+
+def _apply_learning_rate(optimizer, scheduler, learning_rate: float) -> None:
+    """After ``load_state``: make the restored schedule peak at this run's ``learning_rate``.
+
+    ``load_state`` restores the schedule of the checkpoint, so without this a resume would silently keep the old
+    learning rate. The same learning rate changes nothing (a resume stays bit-identical).
+    """
+    inner = getattr(scheduler, "scheduler", scheduler)
+    old = list(getattr(inner, "base_lrs", []))
+    if not old or all(lr == learning_rate for lr in old):
+        return
+    logger.info(f"learning rate {old[0]:g} of the checkpoint replaced by this run's {learning_rate:g}",
+                main_process_only=True)
+    inner.base_lrs = [learning_rate] * len(old)
+    lambdas = getattr(inner, "lr_lambdas", None)
+    for i, group in enumerate(optimizer.param_groups):
+        group["initial_lr"] = learning_rate
+        if lambdas is not None:
+            group["lr"] = learning_rate * lambdas[i](inner.last_epoch)
+        elif old[i]:
+            group["lr"] = group["lr"] * learning_rate / old[i]
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _evaluate(accelerator: Accelerator, model: torch.nn.Module, eval_fn: EvalFn | None, step: int,

@@ -11,6 +11,7 @@ A new stage 1 removes the old prior and pipeline index of the folder before it i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import resource
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--push_to_hub", action="store_true", help="push the pipeline (never checkpoints) to the Hub")
     g.add_argument("--hub_model_id", default=None, help="Hub repo id for --push_to_hub, e.g. me/microdoppler-gen")
     g.add_argument("--hub_private", action="store_true", help="create the Hub repo as private")
+    from ..cli import add_debug_flag
+
+    add_debug_flag(parser)  # run_cli removes --debug before parsing; listed for --help
     return parser
 
 
@@ -123,19 +127,22 @@ def _run_stage1(args, accelerator, data, train_idx, val_idx, summary: dict):
     if args.skip_vqvae or (args.resume_from_checkpoint and vqvae_done(output_dir)):
         reason = "--skip_vqvae" if args.skip_vqvae else "it already finished"
         logger.info(f"stage 1: reusing {output_dir / VQVAE_SUBFOLDER} ({reason})")
-        return load_first_stage(output_dir / VQVAE_SUBFOLDER), True
+        return load_first_stage(output_dir / VQVAE_SUBFOLDER), True, False
     if not args.resume_from_checkpoint:
         _clear_stage_checkpoints(accelerator, output_dir, VQVAE_SUBFOLDER)
     cfg = loop_config(args, VQVAE_SUBFOLDER, len(train_idx))
     model, stage = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx or train_idx],
                                      accelerator)
     summary["vqvae"] = {k: v for k, v in stage.items() if k != "history"}
-    return model, stage["finished"]
+    return model, stage["finished"], True
 
 
-def _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summary: dict):
+def _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summary: dict, new_stage1: bool):
+    """Train (or reuse, or continue) the prior; ``new_stage1``: stage 1 was trained in this run, so any saved
+    prior or prior checkpoint belongs to another tokenizer and stage 2 starts from scratch."""
     output_dir = Path(args.output_dir)
-    if args.resume_from_checkpoint and prior_done(output_dir):
+    resume = args.resume_from_checkpoint and not new_stage1
+    if resume and prior_done(output_dir):
         logger.info(f"stage 2: reusing {output_dir / PRIOR_SUBFOLDER} (it already finished)")
         recorded = read_fingerprint(output_dir / PRIOR_SUBFOLDER)
         if recorded is not None and recorded != stage1_fingerprint(output_dir / VQVAE_SUBFOLDER):
@@ -145,9 +152,11 @@ def _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summar
         from transformers import GPT2LMHeadModel
 
         return GPT2LMHeadModel.from_pretrained(output_dir / PRIOR_SUBFOLDER), True
-    if not args.resume_from_checkpoint:
+    if not resume:
         _clear_stage_checkpoints(accelerator, output_dir, PRIOR_SUBFOLDER)
     cfg = loop_config(args, PRIOR_SUBFOLDER, len(train_idx))
+    if not resume:
+        cfg = dataclasses.replace(cfg, resume_from_checkpoint=None)
     measure_idx = val_idx or train_idx  # --val_fraction 0: measured on the training images
     prior, stage = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
                                      data.images[measure_idx], data.labels[measure_idx], data.user_ids, accelerator)
@@ -192,14 +201,16 @@ def _save_pipeline(args, first_stage, prior, data, summary: dict) -> VQVAETransf
 
     output_dir = Path(args.output_dir)
     pipeline = VQVAETransformerPipeline(vqvae=first_stage.eval(), prior=prior.eval(), user_ids=data.user_ids,
-                                        resolution=data.resolution, channels=data.channels)
+                                        resolution=data.resolution, channels=data.channels,
+                                        colormap=data.colormap)
     pipeline.save_pretrained(output_dir)
     fingerprint = stage1_fingerprint(output_dir / VQVAE_SUBFOLDER)  # of the vqvae/ as the pipeline wrote it
     write_fingerprint(output_dir / PRIOR_SUBFOLDER, fingerprint)
     write_fingerprint(output_dir, fingerprint)  # beside model_index.json
     shown = data.user_ids[:min(len(data.user_ids), 31)]
     per_user = 4
-    pixels = pipeline(user_ids=shown, num_images_per_user=per_user, seed=args.seed, output_type="pt").images
+    generator = torch.Generator().manual_seed(args.seed)
+    pixels = pipeline(user_ids=shown, num_images_per_user=per_user, generator=generator, output_type="pt").images
     make_user_grid(pixels, shown, per_user).save(output_dir / SAMPLE_GRID)
     _write_summary(output_dir, summary)
     write_model_card(output_dir, summary=card_figures(summary), repo_id=args.hub_model_id)
@@ -216,11 +227,11 @@ def train(args: argparse.Namespace) -> dict:
                      "data": {"source": data.source, "num_users": data.num_users, "user_ids": data.user_ids,
                               "train_images": len(train_idx), "val_images": len(val_idx),
                               "resolution": data.resolution, "channels": data.channels}}
-    first_stage, finished = _run_stage1(args, accelerator, data, train_idx, val_idx, summary)
+    first_stage, finished, new_stage1 = _run_stage1(args, accelerator, data, train_idx, val_idx, summary)
     if finished and accelerator.is_main_process:
         _write_summary(output_dir, summary)  # stage 1's figures survive an interruption of stage 2
     if finished and not args.skip_prior:
-        prior, finished = _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summary)
+        prior, finished = _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summary, new_stage1)
         if finished and accelerator.is_main_process:
             summary["wall_seconds"] = round(time.time() - start, 1)
             summary["peak_memory_gb"] = round(_peak_memory_gb(), 2)
@@ -244,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
     preset = finalize_args(args)
+    from ..output_folder import check_writable  # (issue 13) an unusable --output_dir fails now, not after stage 1
+
+    check_writable(args.output_dir, "--output_dir")
     if args.push_to_hub and not args.hub_model_id:
         raise UserInputError("--push_to_hub needs --hub_model_id (e.g. your-name/microdoppler-generator)")
     vqvae_dir = Path(args.output_dir) / VQVAE_SUBFOLDER

@@ -38,7 +38,7 @@ from ..models.fingerprint import stage1_fingerprint, write_fingerprint
 from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
 from ..models.prior import build_prior, build_prior_config, make_prior_batch, sample_tokens, vocabulary_from_config
 from ..validation.reconstruction import encode_tokens
-from .loop import LoopConfig, list_checkpoints, make_accelerator, run_training
+from .loop import LoopConfig, make_accelerator, run_finished, run_training
 from .presets import small_data_prior_settings
 from .train_vqvae import FIGURE_DIR, VQVAE_SUBFOLDER, save_pretrained_atomic
 
@@ -274,9 +274,10 @@ def _final_validation(prior, history: list[dict], val_tokens: torch.Tensor, val_
 
 
 def stage_done(output_dir: Path) -> bool:
-    """Whether stage 2 already finished in ``output_dir`` (its model and a checkpoint exist)."""
-    return (output_dir / PRIOR_SUBFOLDER / "config.json").is_file() and bool(
-        list_checkpoints(output_dir / "checkpoints" / PRIOR_SUBFOLDER))
+    """Whether stage 2 already finished in ``output_dir`` (its model exists and its newest checkpoint is the last
+    step of its run)."""
+    return (output_dir / PRIOR_SUBFOLDER / "config.json").is_file() and run_finished(
+        output_dir / "checkpoints" / PRIOR_SUBFOLDER)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from ..models.fingerprint import invalidate_dependents
 from ..models.first_stage import build_first_stage
 from ..perceptual import LPIPSUnavailableError, load_pretrained_lpips, lpips_status
 from ..validation.reconstruction import code_counts, encode_tokens, reconstruct, tokenizer_metrics
-from .loop import LoopConfig, list_checkpoints, make_accelerator, run_training
+from .loop import LoopConfig, make_accelerator, run_finished, run_training
 
 logger = get_logger(__name__)
 
@@ -199,9 +199,10 @@ def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: t
 
 
 def stage_done(output_dir: Path) -> bool:
-    """Whether stage 1 already finished in ``output_dir`` (its model and its final checkpoint exist)."""
-    return (output_dir / VQVAE_SUBFOLDER / "config.json").is_file() and bool(
-        list_checkpoints(output_dir / "checkpoints" / VQVAE_SUBFOLDER))
+    """Whether stage 1 already finished in ``output_dir`` (its model exists and its newest checkpoint is the last
+    step of its run: a killed re-train into a finished folder is continued, not mistaken for the old model)."""
+    return (output_dir / VQVAE_SUBFOLDER / "config.json").is_file() and run_finished(
+        output_dir / "checkpoints" / VQVAE_SUBFOLDER)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
 """Command line of ``validate_main.py``: parse the flags, run the validation, print a summary, set the exit code.
 
 Exit codes: 0 when every threshold passes, 1 when any fails (the report and the last log line name them),
-2 for bad input (one line on stderr: missing folders, generated ids the model does not know, wrong image sizes).
+2 for bad input (one line on stderr: missing folders, a damaged or mixed model folder, generated ids the model does
+not know, wrong image sizes, an unwritable --output_dir; ``--debug`` adds the traceback), 130 Ctrl-C, 143 SIGTERM.
+Every input is checked before the judge is trained.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..cli import run_cli, setup_logging
-from ..errors import UserInputError
+from ..cli import ArgumentParser, add_debug_flag, run_cli, setup_logging
+from ..data.provenance import DATA_INFO_FILE, SPLIT_FILE
+from ..errors import UserInputError, require_folder
+from ..models.fingerprint import check_model_folder, read_json_file
 from ..output_folder import prepare_output_folder
 from .judge import DEFAULT_EPOCHS
 from .report import FIGURE_DIR, JUDGE_DIR, REPORT_JSON, REPORT_MD, Thresholds, run_validation
@@ -41,7 +46,7 @@ _THRESHOLD_HELP = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags of ``validate_main.py``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Validate generated spectrograms: judge accuracy, identity fidelity (GAN-test, CAS), "
                     "domain FID, memorization, diversity and tokenizer figures, with pass/fail thresholds.")
     parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR,
@@ -77,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, field.name)
         group.add_argument(f"--{field.name}", type=float, default=default,
                            help=f"{_THRESHOLD_HELP[field.name]} (default: {default})")
+    add_debug_flag(parser)
     return parser
 
 
@@ -93,6 +99,43 @@ def check_args(args: argparse.Namespace) -> None:
     if args.min_diversity_ratio > args.max_diversity_ratio:
         raise UserInputError(f"--min_diversity_ratio {args.min_diversity_ratio} is above --max_diversity_ratio "
                              f"{args.max_diversity_ratio}")
+
+
+def check_saved_data(model_dir: str | Path, flag: str) -> None:
+    """Before any work: the data ``model_dir`` was trained on can be found again (``data_info.json``, the data
+    folder it names and ``split.json``), else one line that says to pass ``flag`` (a real ``ID_<k>`` folder).
+
+    Raises:
+        UserInputError: naming the missing file or folder and ``flag``.
+    """
+    model_dir = Path(model_dir)
+    info_file = model_dir / DATA_INFO_FILE
+    if not info_file.is_file():
+        raise UserInputError(f"{info_file} is missing, so the data {model_dir} was trained on is unknown; pass "
+                             f"{flag} FOLDER (real images in ID_<k> sub-folders)")
+    info = read_json_file(info_file)
+    data_dir = info.get("data_dir")
+    if data_dir and not info.get("simulated_dir") and not Path(data_dir).is_dir():
+        raise UserInputError(f"the training data of {model_dir}, {data_dir} (recorded in {DATA_INFO_FILE}), is not "
+                             f"there any more; restore it, or pass {flag} FOLDER (real images in ID_<k> sub-folders)")
+    if not (model_dir / SPLIT_FILE).is_file():
+        raise UserInputError(f"{model_dir / SPLIT_FILE} is missing, so the training/validation split is unknown; "
+                             f"retrain with train_main.py or pass {flag} FOLDER (it gets its own split)")
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """The model folder (loadable, one consistent model), the real data and the generated folder, before the
+    output folder is touched or the judge trained (UserInputError naming the file and the flag)."""
+    model_dir = Path(args.model_dir)
+    require_folder(model_dir, "--model_dir", "train a model with train_main.py or pass --model_dir")
+    check_model_folder(model_dir, need=("vqvae",))  # the first stage is used; prior/ and the index if present
+    if args.real_data_dir is None:
+        check_saved_data(model_dir, "--real_data_dir")
+    else:
+        require_folder(args.real_data_dir, "--real_data_dir", "pass a folder of real ID_<k> folders (or leave it out "
+                       "to use the model's own data)")
+    require_folder(args.generated_data_dir, "--generated_data_dir", "run generate_main.py first or pass the folder "
+                   "it wrote")
 
 
 def format_summary(report: dict) -> str:
@@ -116,6 +159,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     thresholds = Thresholds(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Thresholds)})
+    check_inputs(args)
     # Before training the judge: the output folder must be writable and hold nothing foreign in the way.
     folder = prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=args.overwrite,
                                    reserved=[REPORT_JSON, REPORT_MD, FIGURE_DIR, JUDGE_DIR])

@@ -69,7 +69,7 @@ class RealData:
 
 
 def model_facts(model_dir: str | Path) -> dict:
-    """User ids, resolution and channels of a trained model folder.
+    """User ids, resolution, channels and colormap (``"none"`` when absent) of a trained model folder.
 
     Read from ``model_index.json`` (the pipeline), else ``data_info.json``, else the first stage's config.
 
@@ -85,7 +85,7 @@ def model_facts(model_dir: str | Path) -> dict:
         record = _read_json(model_dir / name)
         if name == "vqvae/config.json":
             record = {"resolution": record.get("sample_size"), "channels": record.get("in_channels")}
-        for key in ("user_ids", "resolution", "channels"):
+        for key in ("user_ids", "resolution", "channels", "colormap"):
             if facts.get(key) is None and record.get(key) is not None:
                 facts[key] = record[key]
     if not facts.get("user_ids"):
@@ -95,6 +95,7 @@ def model_facts(model_dir: str | Path) -> dict:
         raise UserInputError(f"{model_dir} does not say its resolution and channels (no model_index.json, "
                              f"{DATA_INFO_FILE} or vqvae/config.json); point --model_dir to a trained model")
     facts["user_ids"] = [int(u) for u in facts["user_ids"]]
+    facts["colormap"] = facts.get("colormap") or "none"  # older folders: images were read as RGB
     return facts
 
 
@@ -126,8 +127,9 @@ def load_real_data(model_dir: str | Path, facts: dict, real_data_dir: str | Path
     if real_data_dir is None:
         data, train_idx, val_idx = load_model_data(model_dir)
         return RealData(data, train_idx, val_idx, f"{Path(model_dir) / 'split.json'} (the training split)")
-    data = load_image_folder(real_data_dir, int(facts["resolution"]), channels=int(facts["channels"]))
-    train_idx, val_idx = stratified_split(data.labels, val_fraction, seed)
+    data = load_image_folder(real_data_dir, int(facts["resolution"]), channels=int(facts["channels"]),
+                             colormap=facts["colormap"])  # read as the model's training data was
+    train_idx, val_idx = stratified_split(data.labels, val_fraction, seed, user_ids=data.user_ids)
     return RealData(data, train_idx, val_idx, f"stratified split of {real_data_dir} (seed {seed}, "
                                               f"val_fraction {val_fraction})")
 
@@ -157,7 +159,7 @@ def load_generated(generated_dir: str | Path, real: SpectrogramData, known_ids: 
         raise UserInputError(f"the real data ({real.source}) has no images of generated user ids {missing_real}; "
                              "pass a --real_data_dir that holds those users")
     _check_image_sizes(files, real.resolution)
-    generated = load_image_folder(generated_dir, real.resolution)
+    generated = load_image_folder(generated_dir, real.resolution, colormap=real.colormap or "none")
     if generated.channels != real.channels:
         raise UserInputError(f"generated images in {generated_dir} have {generated.channels} channel(s) but the "
                              f"data has {real.channels}; generate them with this model")
