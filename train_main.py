@@ -6,8 +6,12 @@ and 143 SIGTERM (a checkpoint at the current step is saved first; continue with 
 
 import sys
 
-from vqvae_transformer.cli import run_cli
-from vqvae_transformer.training.main import main
+try:  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
+    from vqvae_transformer.cli import run_cli
+    from vqvae_transformer.training.main import main
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -13,7 +13,11 @@ the traceback), 130 Ctrl-C, 143 SIGTERM.
 
 import sys
 
-from vqvae_transformer.validation.cli import build_parser, main
+try:  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
+    from vqvae_transformer.validation.cli import build_parser, main
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 __all__ = ["build_parser", "main"]
 

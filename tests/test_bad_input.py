@@ -427,3 +427,23 @@ def test_tiny_and_very_elongated_images_are_warned_about_once(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if "resized" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "2 image(s)" in warnings[0] and "1x1.png (1x1)" in warnings[0] and "10000x50" in warnings[0]
+
+
+@pytest.mark.parametrize("script", ["train_main.py", "generate_main.py", "validate_main.py"])
+def test_ctrl_c_while_the_libraries_load_prints_one_line(script):
+    """SIGINT one second in (torch, diffusers and transformers are still importing): no traceback, exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, script, "--help"], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the imports finished within a second on this machine")
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted"
