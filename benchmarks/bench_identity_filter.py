@@ -77,10 +77,13 @@ def main() -> None:
                        args.threads, ok_codes=(0, 1))
             report = json.loads((work / "validation" / folder.name / "validation_report.json").read_text())
             rows.append((name, report))
+    def cell(value, width: int, digits: int) -> str:  # a metric validate_main skipped (too few images) is None
+        return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
     print(f"{'images':<12}{'gan-test':>10}{'CAS':>8}{'FID ratio':>11}{'diversity':>11}")
     for name, m in rows:
-        print(f"{name:<12}{m['gan_test_accuracy']:>10.3f}{m['cas_accuracy']:>8.3f}"
-              f"{m['fid_ratio']:>11.2f}{m['diversity_ratio']:>11.2f}")
+        print(f"{name:<12}{cell(m['gan_test_accuracy'], 10, 3)}{cell(m['cas_accuracy'], 8, 3)}"
+              f"{cell(m['fid_ratio'], 11, 2)}{cell(m['diversity_ratio'], 11, 2)}")
 
 
 if __name__ == "__main__":
