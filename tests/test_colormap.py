@@ -74,7 +74,8 @@ def _write_jet_folder(root, users=2, per_user=3):
 def test_jet_folder_loads_as_one_channel_scalar(tmp_path):
     clear_image_cache()
     scalars = _write_jet_folder(tmp_path)
-    data = load_image_folder(tmp_path, 32)
+    assert load_image_folder(tmp_path, 32).colormap is None  # off by default (measured: see colormap.py)
+    data = load_image_folder(tmp_path, 32, colormap="auto")
     assert data.channels == 1 and data.colormap == "jet"
     assert data.colormap_fit["name"] == "jet" and data.colormap_fit["accepted"]
     # The loaded scalar matches the one that was coloured (same resize), within JPEG/palette error.
@@ -93,7 +94,7 @@ def test_gray_folder_is_unchanged_by_auto(tmp_path):
     folder = tmp_path / "ID_1"
     folder.mkdir()
     Image.fromarray(_to_uint8(_spectrogram_like(0))).save(folder / "a.png")
-    data = load_image_folder(tmp_path, 32)
+    data = load_image_folder(tmp_path, 32, colormap="auto")
     assert data.channels == 1 and data.colormap is None and data.colormap_fit is None
 
 
@@ -137,7 +138,8 @@ def test_jet_data_end_to_end_trains_one_channel_and_writes_jet_images(tmp_path):
     made = run("-m", "vqvae_transformer.data.simulate", "--num_users", "3", "--samples_per_user", "6",
                "--resolution", "48", "--colormap", "jet", "--output_dir", str(data))
     assert made.returncode == 0, made.stderr[-2000:]
-    trained = run("train_main.py", "--data_dir", str(data), "--resolution", "32", "--output_dir", str(model),
+    trained = run("train_main.py", "--data_dir", str(data), "--colormap", "auto", "--resolution", "32",
+                  "--output_dir", str(model),
                   "--block_out_channels", "8", "8", "16", "--latent_channels", "8", "--codebook_size", "32",
                   "--codebook_dim", "4", "--batch_size", "8", "--lpips", "off", "--n_layer", "1", "--n_embd", "32",
                   "--n_head", "2", "--vqvae_steps", "3", "--prior_steps", "3", "--eval_steps", "3")
