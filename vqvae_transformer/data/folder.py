@@ -3,9 +3,10 @@
 User folders are named ``ID_<k>`` (or ``ID<k>``) with ``k`` a positive integer, the public 1-based user id.
 They are ordered by that integer (``ID_10`` after ``ID_9``), gaps keep their ids, and ``num_users=N`` keeps
 the first N. Every image, of any size and PIL mode, becomes a ``[C, R, R]`` float32 tensor in [-1, 1];
-``C`` is 1 when all images are grayscale, 3 otherwise, unless forced. Colour images whose pixels lie on a known
-colormap (jet, ...; :mod:`.colormap`) are read as the scalar the colormap encodes, one channel, unless
-``colormap="none"``; the colormap is recorded in :attr:`SpectrogramData.colormap`.
+``C`` is 1 when all images are grayscale, 3 otherwise, unless forced. With ``colormap="auto"`` (or a map's name),
+colour images whose pixels lie on a known colormap (jet, ...; :mod:`.colormap`) are read as the scalar the colormap
+encodes, one channel; the colormap is recorded in :attr:`SpectrogramData.colormap`. The default, ``"none"``, keeps
+RGB (measured better for identity, see :data:`.colormap.DEFAULT_COLORMAP`).
 
 A plain ``os.scandir`` + PIL loader is used rather than ``datasets.load_dataset("imagefolder")``, which orders
 labels as strings and keeps corrupt images as rows that fail late (docs/DESIGN.md §7). Decoded tensors are kept
