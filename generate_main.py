@@ -22,13 +22,13 @@ import argparse
 import sys
 from typing import Sequence
 
-try:  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
-    from vqvae_transformer.cli import ArgumentParser, add_debug_flag, run_cli, setup_logging
-    from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR, DEFAULT_OUTPUT_DIR, run_generate_cli
-    from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
-except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+from vqvae_transformer.cli import quiet_interrupt_before_run_cli
+
+quiet_interrupt_before_run_cli()  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
+
+from vqvae_transformer.cli import ArgumentParser, add_debug_flag, run_cli, setup_logging
+from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR, DEFAULT_OUTPUT_DIR, run_generate_cli
+from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
 
 
 def build_parser() -> argparse.ArgumentParser:

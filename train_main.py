@@ -6,12 +6,12 @@ and 143 SIGTERM (a checkpoint at the current step is saved first; continue with 
 
 import sys
 
-try:  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
-    from vqvae_transformer.cli import run_cli
-    from vqvae_transformer.training.main import main
-except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+from vqvae_transformer.cli import quiet_interrupt_before_run_cli
+
+quiet_interrupt_before_run_cli()  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
+
+from vqvae_transformer.cli import run_cli
+from vqvae_transformer.training.main import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -13,11 +13,11 @@ the traceback), 130 Ctrl-C, 143 SIGTERM.
 
 import sys
 
-try:  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
-    from vqvae_transformer.validation.cli import build_parser, main
-except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+from vqvae_transformer.cli import quiet_interrupt_before_run_cli
+
+quiet_interrupt_before_run_cli()  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
+
+from vqvae_transformer.validation.cli import build_parser, main
 
 __all__ = ["build_parser", "main"]
 

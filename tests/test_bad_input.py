@@ -290,7 +290,7 @@ def _defaults(cli: str, case: Case) -> list[str]:
                 "1"]
     if cli == C:
         return ["--model_dir", "{model}", "--output_dir", "{out}"]
-    return ["--output_dir", "{out}", "--preset", "cpu", "--num_users", "2", "--samples_per_user", "2",
+    return ["--output_dir", "{out}", "--preset", "cpu", "--num_users", "2", "--simulated_per_user", "2",
             "--resolution", "16", "--vqvae_steps", "1", "--prior_steps", "1"]
 
 
@@ -429,7 +429,8 @@ def test_tiny_and_very_elongated_images_are_warned_about_once(tmp_path, caplog):
     assert "2 image(s)" in warnings[0] and "1x1.png (1x1)" in warnings[0] and "10000x50" in warnings[0]
 
 
-@pytest.mark.parametrize("script", ["train_main.py", "generate_main.py", "validate_main.py"])
+@pytest.mark.parametrize("script", ["train_main.py", "generate_main.py", "validate_main.py",
+                                    "-m vqvae_transformer.data.simulate", "-m vqvae_transformer.analysis.codebook"])
 def test_ctrl_c_while_the_libraries_load_prints_one_line(script):
     """SIGINT one second in (torch, diffusers and transformers are still importing): no traceback, exit 130."""
     import signal
@@ -438,7 +439,7 @@ def test_ctrl_c_while_the_libraries_load_prints_one_line(script):
     import time
     from pathlib import Path
 
-    proc = subprocess.Popen([sys.executable, script, "--help"], cwd=Path(__file__).resolve().parents[1],
+    proc = subprocess.Popen([sys.executable, *script.split(), "--help"], cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

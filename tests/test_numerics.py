@@ -22,7 +22,7 @@ from vqvae_transformer.training import main as train_main
 from vqvae_transformer.training import train_prior, train_vqvae
 from vqvae_transformer.training.loop import LoopConfig, NumericalFault, run_finished, run_training
 
-DATA = ["--num_users", "3", "--samples_per_user", "8", "--resolution", "32"]  # as tests/test_training.py
+DATA = ["--num_users", "3", "--simulated_per_user", "8", "--resolution", "32"]  # as tests/test_training.py
 VQVAE = ["--block_out_channels", "8", "8", "16", "--latent_channels", "8", "--codebook_size", "32",
          "--codebook_dim", "4", "--batch_size", "8", "--lpips", "off"]
 PRIOR = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2"]

@@ -11,7 +11,7 @@ from vqvae_transformer.training.loop import LoopConfig
 from vqvae_transformer.training import presets
 from vqvae_transformer.training.presets import SMALL_DATA_IMAGES_PER_USER, small_data_prior_settings
 from vqvae_transformer.training.train_prior import BestWeights, encode_training_tokens, stage_settings
-from vqvae_transformer.validation.reconstruction import encode_tokens
+from vqvae_transformer.models.reconstruction import encode_tokens
 
 TINY_VQ = dict(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=8, num_vq_embeddings=32,
                codebook_dim=4, sample_size=16)

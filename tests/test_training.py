@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 
-DATA = ["--num_users", "3", "--samples_per_user", "8", "--resolution", "32"]
+DATA = ["--num_users", "3", "--simulated_per_user", "8", "--resolution", "32"]
 VQVAE = ["--block_out_channels", "8", "8", "16", "--latent_channels", "8", "--codebook_size", "32",
          "--codebook_dim", "4", "--batch_size", "8", "--lpips", "off"]
 PRIOR = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2"]

@@ -7,7 +7,19 @@ cheap (no torch, diffusers or transformers) for the standard-library set-up scri
 
 from __future__ import annotations
 
+import sys
+
 __version__ = "0.1.0"
+
+
+# While ``python -m`` locates a module it imports the parent packages with ``sys.argv[0] == "-m"`` (documented in
+# the Python command-line reference): then a Ctrl-C before the tool's ``run_cli`` starts (torch and friends take
+# seconds to import) prints one line, as everywhere else. Importing the package elsewhere (a notebook, a script)
+# changes nothing.
+if sys.argv[:1] == ["-m"]:
+    from .cli import quiet_interrupt_before_run_cli
+
+    quiet_interrupt_before_run_cli()
 
 # Public name -> module that defines it; resolved on first attribute access (PEP 562).
 _LAZY_EXPORTS = {

@@ -80,6 +80,24 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _interrupted_hook(exc_type, exc, tb, _previous=sys.excepthook) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.stdout.flush()
+        print("interrupted", file=sys.stderr, flush=True)
+        os._exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
+    _previous(exc_type, exc, tb)
+
+
+def quiet_interrupt_before_run_cli() -> None:
+    """Make a Ctrl-C that reaches the top level (while a CLI imports its libraries, before :func:`run_cli` takes
+    over) print ``interrupted`` and exit 130 instead of a traceback; every other exception keeps its traceback.
+
+    Called first thing by the three scripts, and by the package itself under ``python -m vqvae_transformer.<tool>``.
+    The exit is immediate (``os._exit``): at that point nothing has been written that would need cleaning up.
+    """
+    sys.excepthook = _interrupted_hook
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Configure the root logger once for a CLI run (time, level, logger name, message)."""
     logging.basicConfig(
@@ -159,7 +177,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     try:
         code = main(argv)
     except UserInputError as err:
-        return _fail(f"error: {err}", EXIT_USER_ERROR, debug)
+        return _fail(f"error: {err}", EXIT_USER_ERROR, debug, main_only=err.on_every_rank)
     except OSError as err:
         message = describe_os_error(err)
         if message is None:

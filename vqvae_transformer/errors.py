@@ -10,7 +10,13 @@ import signal
 
 
 class UserInputError(ValueError):
-    """A mistake the user can fix. The message is one line naming the offending value and the remedy."""
+    """A mistake the user can fix. The message is one line naming the offending value and the remedy.
+
+    ``on_every_rank``: the error is raised on every process of a multi-process run at the same point (e.g. a
+    NaN loss that the ranks agree on), so only the main process prints it.
+    """
+
+    on_every_rank = False
 
 
 def require_folder(path, description: str, remedy: str) -> None:

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from .errors import UserInputError
+from .layout import MODEL_INDEX, PRIOR_FOLDER, SUMMARY_FILE, VQVAE_FOLDER
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,6 @@ DEFAULT_DATASET_DESCRIPTION = (
 )
 # Training state (Accelerate save_state) lives in checkpoints/ and is never pushed (docs/DESIGN.md §3).
 PUSH_IGNORE_PATTERNS = ["checkpoints/*", "checkpoints/**", "*.tmp"]
-SUMMARY_FILE = "training_summary.json"
 SAMPLE_GRID_FILE = "sample_grid.png"
 CARD_TAGS = ["micro-doppler", "radar", "spectrogram", "vq-vae", "gpt2", "vqvae-transformer",
              "image-generation", "unconditional-image-generation"]
@@ -91,9 +91,9 @@ def _figures_table(summary: dict) -> str:
 
 def _model_facts(model_dir: Path) -> dict:
     """Facts read from the saved configs: users, resolution, channels, codebook, token grid, prior sizes."""
-    index = _read_json(model_dir / "model_index.json")
-    vqvae = _read_json(model_dir / "vqvae" / "config.json")
-    prior = _read_json(model_dir / "prior" / "config.json")
+    index = _read_json(model_dir / MODEL_INDEX)
+    vqvae = _read_json(model_dir / VQVAE_FOLDER / "config.json")
+    prior = _read_json(model_dir / PRIOR_FOLDER / "config.json")
     return {
         "user_ids": index.get("user_ids") or prior.get("user_ids") or [],
         "resolution": index.get("resolution", vqvae.get("sample_size")),
@@ -136,7 +136,7 @@ def write_model_card(model_dir: str | Path, summary: dict | None = None,
         UserInputError: ``model_dir`` is not a saved pipeline.
     """
     model_dir = Path(model_dir)
-    if not (model_dir / "model_index.json").is_file():
+    if not (model_dir / MODEL_INDEX).is_file():
         raise UserInputError(f"{model_dir} holds no model_index.json; write the card into a saved model folder")
     if summary is None:
         summary = _read_json(model_dir / SUMMARY_FILE)
@@ -210,7 +210,7 @@ def push_to_hub(model_dir: str | Path, repo_id: str, token: str | None = None, p
     from huggingface_hub.errors import HfHubHTTPError
 
     model_dir = Path(model_dir)
-    if not (model_dir / "model_index.json").is_file():
+    if not (model_dir / MODEL_INDEX).is_file():
         raise UserInputError(f"{model_dir} holds no model_index.json, so it is not a saved model; "
                              "push the output folder of train_main.py")
     if not subfolder and not (model_dir / "README.md").is_file():

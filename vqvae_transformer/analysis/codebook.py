@@ -21,13 +21,12 @@ import numpy as np
 import torch
 
 from ..atomic import write_json_atomic
-from ..data import SpectrogramData, load_image_folder
-from ..data.provenance import load_model_data
-from ..errors import UserInputError, require_folder
+from ..errors import UserInputError
 from ..models.first_stage import load_first_stage
 from ..models.quantizer import code_statistics
+from ..models.reconstruction import code_counts, encode_tokens
 from ..output_folder import prepare_output_folder
-from ..validation.reconstruction import code_counts, encode_tokens
+from .inputs import add_model_input_args, check_model_inputs, load_images, locate_first_stage  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +34,6 @@ REPORT_FILE = "codebook_report.json"
 HISTOGRAM_FILE = "codebook_usage_histogram.png"
 HEATMAP_FILE = "codebook_user_heatmap.png"
 TOOL_NAME = "vqvae_transformer.analysis.codebook"
-
-
-def locate_first_stage(model_dir: Path) -> Path:
-    """The first-stage folder of a training output (``model_dir/vqvae``) or ``model_dir`` itself."""
-    if (model_dir / "vqvae" / "config.json").is_file():
-        return model_dir / "vqvae"
-    if (model_dir / "config.json").is_file():
-        return model_dir
-    raise UserInputError(f"no trained first stage in {model_dir} (expected {model_dir / 'vqvae'}); "
-                         "train one with train_main.py")
 
 
 def per_user_counts(tokens: torch.Tensor, labels: torch.Tensor, num_users: int, codebook_size: int) -> np.ndarray:
@@ -113,31 +102,14 @@ def save_heatmap(tokens: torch.Tensor, labels: torch.Tensor, user_ids: list[int]
     return save_figure(fig, path)
 
 
-def load_images(model_dir: Path, data_dir: str | None, first_stage) -> SpectrogramData:
-    """The validation split of ``model_dir`` or all images of ``data_dir`` at the model's resolution/channels."""
-    if data_dir is None:
-        data, _, val_idx = load_model_data(model_dir)
-        return data.subset(val_idx)
-    return load_image_folder(data_dir, first_stage.config.sample_size, channels=first_stage.config.in_channels)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from ..cli import ArgumentParser, add_debug_flag
 
     parser = ArgumentParser(description="Codebook utilisation of a trained tokenizer.")
-    parser.add_argument("--model_dir", default="outputs/vqvae_transformer",
-                        help="training output folder (or a first-stage folder)")
-    parser.add_argument("--data_dir", default=None, help="encode every image of this ID_<k> folder instead of the "
-                        "model's validation split")
-    parser.add_argument("--output_dir", default="codebook_analysis", help="where the report and plots go")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into an --output_dir holding files this tool did not write; they are kept, and "
-                             "one in the way of the report or plots is still refused (re-running into its own "
-                             "folder needs no flag)")
+    add_model_input_args(parser, "encode", "codebook_analysis", "the report or plots")
     parser.add_argument("--plot", action="store_true", help="also write the usage histogram and user heat-map")
     parser.add_argument("--min_count", type=int, default=5, help="distinctive codes: minimum occurrences")
     parser.add_argument("--min_share", type=float, default=0.5, help="distinctive codes: minimum share of one user")
-    parser.add_argument("--batch_size", type=int, default=64, help="images encoded at once (default: 64)")
     add_debug_flag(parser)
     return parser
 
@@ -151,27 +123,13 @@ def check_inputs(args: argparse.Namespace) -> Path:
     Raises:
         UserInputError: one line naming the flag or file.
     """
-    from ..models.fingerprint import VQVAE_FOLDER, check_first_stage_files, check_model_folder
-    from ..validation.cli import check_saved_data
-
     if args.min_count < 1 or not 0 < args.min_share <= 1:
         raise UserInputError(f"--min_count must be >= 1 and --min_share in (0, 1], got {args.min_count}, "
                              f"{args.min_share}")
     if args.batch_size < 1:
         raise UserInputError(f"--batch_size must be a positive integer (images encoded at once, e.g. 64), got "
                              f"{args.batch_size}")
-    model_dir = Path(args.model_dir)
-    require_folder(model_dir, "--model_dir", "train a model with train_main.py first")
-    if (model_dir / VQVAE_FOLDER).is_dir():  # a training output folder
-        check_model_folder(model_dir, need=(VQVAE_FOLDER,))
-    elif (model_dir / "config.json").is_file():  # a first-stage folder itself
-        check_first_stage_files(model_dir)
-    first_stage_dir = locate_first_stage(model_dir)
-    if args.data_dir is None:
-        check_saved_data(model_dir, "--data_dir")
-    else:
-        require_folder(args.data_dir, "--data_dir", "pass a folder of ID_<k> image folders (or leave it out to use "
-                       "the model's validation split)")
+    first_stage_dir = check_model_inputs(args)
     return first_stage_dir
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic
 from ..errors import UserInputError
+from ..layout import DATA_INFO_FILE, SPLIT_FILE
 from .default import load_training_data
 from .folder import SpectrogramData
 from .splits import load_split
 
-DATA_INFO_FILE = "data_info.json"
-SPLIT_FILE = "split.json"
 
 _LOAD_KEYS = ("data_dir", "dataset_name", "resolution", "channels", "num_users", "skip_bad_images",
               "samples_per_user", "seed", "colormap")

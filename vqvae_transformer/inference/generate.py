@@ -28,15 +28,15 @@ from typing import Sequence
 
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
 import torch
-from torchvision.utils import make_grid
 
 from ..atomic import write_json_atomic
 from ..errors import UserInputError
+from ..images import GRID_COLUMNS, make_user_grid, tensor_to_pil
+from ..layout import DEFAULT_MODEL_DIR
 from ..models.fingerprint import PIPELINE_PARTS, check_model_folder
 from ..models.pipeline import (DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE, VQVAETransformerPipeline,
-                               resolve_model_folder, tensor_to_pil)
+                               resolve_model_folder)
 from ..output_folder import (OutputFolder, clear_stale_staging, make_staging_dir, prepare_output_folder,
                              sigterm_as_keyboard_interrupt)
 
@@ -45,42 +45,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_MODEL_DIR", "generate_to_folder", "group_seed", "make_user_grid", "resolve_device",
            "run_generate_cli", "validate_generate_args"]
 
-DEFAULT_MODEL_DIR = "outputs/vqvae_transformer"
 DEFAULT_OUTPUT_DIR = "generated_images"
-GRID_COLUMNS = 8
 INFO_FILE = "generation_info.json"
 GRID_FILE = "grid.png"
 TOOL_NAME = "generate_main.py"
 STAGING_KIND = "tmp"
-
-
-def make_user_grid(pixels: torch.Tensor, user_ids: Sequence[int], per_user: int,
-                   columns: int = GRID_COLUMNS) -> PIL.Image.Image:
-    """One row per user, the first ``columns`` samples of each, with ``ID_<k>`` written left of each row.
-
-    Args:
-        pixels: ``[N, C, R, R]`` in [0, 1], user-major (``per_user`` consecutive images per user).
-        user_ids: the public id of each row (``N / per_user`` entries).
-        per_user: images per user in ``pixels``.
-        columns: at most this many samples per row.
-
-    Returns:
-        A PIL image, mode ``"L"`` for 1 channel and ``"RGB"`` for 3.
-    """
-    cols = min(per_user, columns)
-    rows = pixels.reshape(len(user_ids), per_user, *pixels.shape[1:])[:, :cols]  # (U, cols, C, R, R)
-    grid = make_grid(rows.flatten(0, 1), nrow=cols, padding=2, pad_value=1.0)  # (C', H, W), C' = 3 for C = 1
-    grid = grid[:1] if pixels.shape[1] == 1 else grid  # make_grid repeats a single channel to three
-    body = tensor_to_pil(grid[None])[0]
-    white, black = (255, 0) if body.mode == "L" else ((255, 255, 255), (0, 0, 0))
-    label_width = 48  # room for "ID_<k>" in PIL's default font
-    canvas = PIL.Image.new(body.mode, (body.width + label_width, body.height), color=white)
-    canvas.paste(body, (label_width, 0))
-    draw = PIL.ImageDraw.Draw(canvas)
-    cell = pixels.shape[-1] + 2  # image side + padding
-    for row, user_id in enumerate(user_ids):
-        draw.text((2, row * cell + 2 + max(cell // 2 - 6, 0)), f"ID_{user_id}", fill=black)
-    return canvas
 
 
 def _write_user_folders(staging: Path, pixels: torch.Tensor, image_ids: Sequence[int]) -> dict[int, int]:

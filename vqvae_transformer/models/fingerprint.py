@@ -25,17 +25,16 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic
 from ..errors import UserInputError, require_folder
+from ..layout import MODEL_INDEX, PIPELINE_PARTS, PRIOR_FOLDER, VQVAE_FOLDER  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "stage1_fingerprint.json"
 FINGERPRINT_KEY = "stage1_sha256"
-VQVAE_FOLDER = "vqvae"
-PRIOR_FOLDER = "prior"
 # What save_pretrained of the GPT-2 prior writes (plus our fingerprint); nothing else in prior/ is ours.
 PRIOR_FILES = ("config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin", FINGERPRINT_FILE)
 # What the pipeline save writes at the top of the model folder and depends on the first stage.
-INDEX_FILES = ("model_index.json", FINGERPRINT_FILE)
+INDEX_FILES = (MODEL_INDEX, FINGERPRINT_FILE)
 
 
 def stage1_fingerprint(vqvae_dir: str | os.PathLike) -> str:
@@ -74,11 +73,9 @@ def read_fingerprint(folder: str | os.PathLike) -> str | None:
     return read_json_file(path, "the model folder").get(FINGERPRINT_KEY)
 
 
-MODEL_INDEX = "model_index.json"
 # What each part of a model folder must hold: (config file, weights files in order of preference).
 FIRST_STAGE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PRIOR_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-PIPELINE_PARTS = (MODEL_INDEX, VQVAE_FOLDER, PRIOR_FOLDER)  # what generation needs
 _REMEDY = "the model folder is damaged or incomplete: re-save or re-download it, or retrain it with train_main.py"
 
 

@@ -33,13 +33,14 @@ from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (module-level name needed by pipelines, §7)
 
 from ..errors import UserInputError
+from . import defaults as D
 from .quantizer import EMAVectorQuantizer
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
-DEFAULT_BLOCKS = (32, 64, 64, 128)
+DEFAULT_BLOCKS = D.BLOCK_OUT_CHANNELS
 
 
 @dataclass
@@ -142,28 +143,28 @@ class VQFirstStage(FirstStageMixin, VQModel):
         self,
         in_channels: int = 1,
         out_channels: int = 1,
-        down_block_types: tuple[str, ...] = _block_types(4)[0],
-        up_block_types: tuple[str, ...] = _block_types(4)[1],
+        down_block_types: tuple[str, ...] = _block_types(len(D.BLOCK_OUT_CHANNELS))[0],
+        up_block_types: tuple[str, ...] = _block_types(len(D.BLOCK_OUT_CHANNELS))[1],
         block_out_channels: tuple[int, ...] = DEFAULT_BLOCKS,
         layers_per_block: int = 1,
         act_fn: str = "silu",
-        latent_channels: int = 64,
-        sample_size: int = 64,
-        num_vq_embeddings: int = 1024,
-        norm_num_groups: int = 32,
+        latent_channels: int = D.LATENT_CHANNELS,
+        sample_size: int = D.RESOLUTION,
+        num_vq_embeddings: int = D.CODEBOOK_SIZE,
+        norm_num_groups: int = D.NORM_NUM_GROUPS,
         vq_embed_dim: int | None = None,
         scaling_factor: float = 0.18215,
         norm_type: str = "group",
         mid_block_add_attention: bool = True,
         lookup_from_codebook: bool = True,
         force_upcast: bool = False,
-        commitment_beta: float = 0.25,
-        ema_decay: float = 0.8,
-        codebook_dim: int | None = 8,
-        use_l2_norm: bool = True,
-        dead_code_threshold: float = 1.0,
+        commitment_beta: float = D.COMMITMENT_BETA,
+        ema_decay: float = D.EMA_DECAY,
+        codebook_dim: int | None = D.CODEBOOK_DIM,
+        use_l2_norm: bool = D.USE_L2_NORM,
+        dead_code_threshold: float = D.DEAD_CODE_THRESHOLD,
         kmeans_init: bool = True,
-        restart_sampling: str = "error",
+        restart_sampling: str = D.RESTART_SAMPLING,
         format_version: int = FORMAT_VERSION,
     ):
         super().__init__(
@@ -213,14 +214,14 @@ class KLFirstStage(FirstStageMixin, AutoencoderKL):
         self,
         in_channels: int = 1,
         out_channels: int = 1,
-        down_block_types: tuple[str, ...] = _block_types(4)[0],
-        up_block_types: tuple[str, ...] = _block_types(4)[1],
+        down_block_types: tuple[str, ...] = _block_types(len(D.BLOCK_OUT_CHANNELS))[0],
+        up_block_types: tuple[str, ...] = _block_types(len(D.BLOCK_OUT_CHANNELS))[1],
         block_out_channels: tuple[int, ...] = DEFAULT_BLOCKS,
         layers_per_block: int = 1,
         act_fn: str = "silu",
-        latent_channels: int = 64,
-        norm_num_groups: int = 32,
-        sample_size: int = 64,
+        latent_channels: int = D.LATENT_CHANNELS,
+        norm_num_groups: int = D.NORM_NUM_GROUPS,
+        sample_size: int = D.RESOLUTION,
         scaling_factor: float = 0.18215,
         shift_factor: float | None = None,
         latents_mean: tuple[float] | None = None,
@@ -229,14 +230,14 @@ class KLFirstStage(FirstStageMixin, AutoencoderKL):
         use_quant_conv: bool = True,
         use_post_quant_conv: bool = True,
         mid_block_add_attention: bool = True,
-        num_vq_embeddings: int = 1024,
-        commitment_beta: float = 0.25,
-        ema_decay: float = 0.8,
-        codebook_dim: int | None = 8,
-        use_l2_norm: bool = True,
-        dead_code_threshold: float = 1.0,
+        num_vq_embeddings: int = D.CODEBOOK_SIZE,
+        commitment_beta: float = D.COMMITMENT_BETA,
+        ema_decay: float = D.EMA_DECAY,
+        codebook_dim: int | None = D.CODEBOOK_DIM,
+        use_l2_norm: bool = D.USE_L2_NORM,
+        dead_code_threshold: float = D.DEAD_CODE_THRESHOLD,
         kmeans_init: bool = True,
-        restart_sampling: str = "error",
+        restart_sampling: str = D.RESTART_SAMPLING,
         kl_weight: float = 1e-6,
         format_version: int = FORMAT_VERSION,
     ):

@@ -47,6 +47,8 @@ from transformers import GPT2LMHeadModel
 
 from ..data.colormap import CANDIDATES as COLORMAP_CANDIDATES, scalar_to_rgb
 from ..errors import UserInputError
+from ..images import tensor_to_pil
+from ..layout import MODEL_INDEX, PRIOR_FOLDER, VQVAE_FOLDER
 from . import first_stage as first_stage_module
 from .fingerprint import check_model_folder
 from .first_stage import VQFirstStage, KLFirstStage
@@ -150,7 +152,7 @@ def resolve_model_folder(path_or_repo_id: str | os.PathLike, revision: str | Non
 
 def _check_saved_pipeline(folder: Path) -> dict:
     """Read ``model_index.json`` and check it is a pipeline of ours in the current format version."""
-    index_file = folder / "model_index.json"
+    index_file = folder / MODEL_INDEX
     if not index_file.is_file():
         raise UserInputError(f"{folder} holds no model_index.json, so it is not a saved pipeline; point to the "
                              "output folder of train_main.py")
@@ -169,7 +171,7 @@ def _check_saved_pipeline(folder: Path) -> dict:
     if version != FORMAT_VERSION:
         raise UserInputError(f"{folder} was saved with format version {version}, this code reads version "
                              f"{FORMAT_VERSION}; retrain it or use the matching release of vqvae_transformer")
-    for component in ("vqvae", "prior"):
+    for component in (VQVAE_FOLDER, PRIOR_FOLDER):
         if not (folder / component / "config.json").is_file():
             raise UserInputError(f"{folder / component} is missing (no config.json); the model folder is "
                                  "incomplete, re-save or re-download it")
@@ -272,7 +274,7 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         folder = resolve_model_folder(pretrained_model_name_or_path, revision=kwargs.pop("revision", None),
                                       token=kwargs.pop("token", None), cache_dir=kwargs.pop("cache_dir", None))
         index = _check_saved_pipeline(folder)
-        module_name = index.get("vqvae", [None])[0]
+        module_name = index.get(VQVAE_FOLDER, [None])[0]
         if module_name != first_stage_module.__name__:
             raise UserInputError(f"{folder}/model_index.json names the first stage module {module_name!r}, "
                                  f"expected {first_stage_module.__name__!r}; re-save the model with this project")
@@ -309,7 +311,7 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, **kwargs)
         folder = Path(save_directory)
         (folder / f"{SHIM_MODULE}.py").write_text(SHIM_SOURCE)
-        index_file = folder / "model_index.json"
+        index_file = folder / MODEL_INDEX
         index = json.loads(index_file.read_text())
         index["_class_name"] = [SHIM_MODULE, type(self).__name__]
         index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -515,13 +517,6 @@ class VQVAETransformerPipeline(DiffusionPipeline):
                 hub.write_model_card(tmp, summary=summary, repo_id=repo_id)
             return hub.push_to_hub(tmp, repo_id, token=token, private=private, create_pr=create_pr,
                                    subfolder=subfolder, commit_message=commit_message or hub.DEFAULT_COMMIT_MESSAGE)
-
-
-def tensor_to_pil(pixels: torch.Tensor) -> list[PIL.Image.Image]:
-    """``[N, C, R, R]`` floats in [0, 1] -> PIL images, mode ``"L"`` for C = 1 and ``"RGB"`` for C = 3."""
-    if pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
-        raise ValueError(f"expected [N, 1 or 3, R, R] pixels, got {tuple(pixels.shape)}")
-    return VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(pixels))  # via (N, R, R, C) floats
 
 
 def _describe_ids(ids: Sequence[int]) -> str:

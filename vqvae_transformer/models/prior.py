@@ -31,6 +31,8 @@ import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from . import defaults as D
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -175,12 +177,12 @@ def build_prior_config(
     codebook_size: int,
     num_users: int,
     token_grid: tuple[int, int],
-    n_layer: int = 6,
-    n_embd: int = 256,
-    n_head: int = 8,
-    dropout: float = 0.1,
+    n_layer: int = D.N_LAYER,
+    n_embd: int = D.N_EMBD,
+    n_head: int = D.N_HEAD,
+    dropout: float = D.PRIOR_DROPOUT,
     user_ids: list[int] | None = None,
-    token_order: str = "column",
+    token_order: str = D.TOKEN_ORDER,
 ) -> GPT2Config:
     """Build the ``GPT2Config`` of a prior, carrying everything needed to rebuild and use it.
 

@@ -26,6 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from . import defaults as D
+
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -143,17 +145,17 @@ class EMAVectorQuantizer(nn.Module):
         self,
         n_e: int,
         vq_embed_dim: int,
-        beta: float = 0.25,
-        decay: float = 0.99,
+        beta: float = D.COMMITMENT_BETA,
+        decay: float = D.EMA_DECAY,
         eps: float = 1e-5,
         codebook_dim: int | None = None,
-        use_l2_norm: bool = False,
-        dead_code_threshold: float = 0.25,
+        use_l2_norm: bool = D.USE_L2_NORM,
+        dead_code_threshold: float = D.DEAD_CODE_THRESHOLD,
         restart_every: int = 1,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         sane_index_shape: bool = True,
-        restart_sampling: str = "error",
+        restart_sampling: str = D.RESTART_SAMPLING,
     ):
         super().__init__()
         codebook_dim = codebook_dim or vq_embed_dim

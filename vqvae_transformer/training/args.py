@@ -11,10 +11,11 @@ from pathlib import Path
 
 from ..data.colormap import COLORMAP_CHOICES, DEFAULT_COLORMAP
 from ..errors import UserInputError
+from ..layout import DEFAULT_MODEL_DIR
 from .loop import LoopConfig
-from .presets import apply_preset, resolve_preset
+from .presets import PRESETS, apply_preset, resolve_preset
 
-DEFAULT_OUTPUT_DIR = "outputs/vqvae_transformer"
+DEFAULT_OUTPUT_DIR = DEFAULT_MODEL_DIR
 
 # The flags a stage's weights depend on: saved in its checkpoints, and a resume with other values is refused.
 DATA_SETTINGS = ("data_dir", "dataset_name", "num_users", "resolution", "channels", "colormap", "samples_per_user",
@@ -33,6 +34,45 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserInputError(f"{message} (see --help)")
 
 
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def preset_help(dest: str) -> str:
+    """`` (preset: X)`` or `` (preset: X on CPU, Y on GPU)`` for a flag the presets fill, read from the presets
+    themselves (so ``--help`` never disagrees with what a run uses); ``""`` for other flags."""
+    values = {name: preset[dest] for name, preset in PRESETS.items() if dest in preset}
+    if not values:
+        return ""
+    shown = {name: _show(v) for name, v in values.items()}
+    if len(set(shown.values())) == 1:
+        return f" (preset: {next(iter(shown.values()))})"
+    return " (preset: " + ", ".join(f"{v} on {name.upper()}" for name, v in shown.items()) + ")"
+
+
+def _annotate_presets(group) -> None:
+    """Append :func:`preset_help` to the help of every flag of ``group`` that a preset fills."""
+    for action in group._group_actions:
+        if action.help and action.help is not argparse.SUPPRESS:
+            action.help += preset_help(action.dest).replace("%", "%%")
+
+
+class _DeprecatedSpelling(argparse.Action):
+    """Store the value; warn once when the flag was spelled with its deprecated alias (the last option string)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string == self.option_strings[-1] and len(self.option_strings) > 1:
+            import logging
+
+            logging.getLogger(__name__).warning(f"{option_string} is deprecated in this tool; use "
+                                                f"{self.option_strings[0]} (same meaning)")
+        setattr(namespace, self.dest, values)
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--data_dir", default=None, help="folder of ID_<k>/ image folders (default: the embedded "
@@ -41,7 +81,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    "image and label columns (instead of --data_dir)")
     g.add_argument("--num_users", type=int, default=None, help="use the first N users (by folder id); default: "
                    "every user of the data, 31 for the simulator")
-    g.add_argument("--resolution", type=int, default=None, help="image side in pixels (preset: 64 CPU, 128 GPU)")
+    g.add_argument("--resolution", type=int, default=None, help="image side in pixels")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="1 (grayscale) or 3 (colour); default: detected from the data")
     g.add_argument("--colormap", choices=COLORMAP_CHOICES, default=DEFAULT_COLORMAP,
@@ -49,8 +89,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                         "channel) and generated images are written back in it; auto detects it (the choice and "
                         "its error are logged and saved in data_info.json), none keeps RGB "
                         f"(default: {DEFAULT_COLORMAP})")
-    g.add_argument("--samples_per_user", type=int, default=None,
-                   help="images per simulated user when no data is given (preset: 64)")
+    g.add_argument("--simulated_per_user", "--samples_per_user", dest="samples_per_user", type=int, default=None,
+                   action=_DeprecatedSpelling,
+                   help="recordings per simulated person when no data is given (--samples_per_user: the former, "
+                        "deprecated spelling; in generate_main.py --samples_per_user counts generated images)")
     g.add_argument("--skip_bad_images", action="store_true", help="skip unreadable images (listed in the log) "
                    "instead of stopping")
     g.add_argument("--val_fraction", type=float, default=0.2, help="per-user share of images held out for "
@@ -64,10 +106,11 @@ def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--block_out_channels", type=int, nargs="+", default=None,
                    help="channels per encoder block; n blocks downsample by 2^(n-1)")
     g.add_argument("--latent_channels", type=int, default=None, help="latent channels before the quantizer")
-    g.add_argument("--codebook_size", type=int, default=None, help="number of codes K (preset 1024)")
-    g.add_argument("--codebook_dim", type=int, default=None, help="low-dimensional lookup size (preset 8)")
+    g.add_argument("--codebook_size", type=int, default=None, help="number of codes K")
+    g.add_argument("--codebook_dim", type=int, default=None, help="lookup width (the latent channels: a full-width lookup; fewer: "
+                   "linear projections to this width)")
     g.add_argument("--use_l2_norm", action=argparse.BooleanOptionalAction, default=None,
-                   help="compare codes on the unit sphere (preset: on)")
+                   help="compare codes on the unit sphere")
     g.add_argument("--ema_decay", type=float, default=None, help="EMA decay of the codebook statistics")
     g.add_argument("--dead_code_threshold", type=float, default=None,
                    help="restart codes whose EMA count per step falls below this")
@@ -100,7 +143,8 @@ def add_prior_args(parser: argparse.ArgumentParser) -> None:
                    help="probability of replacing the user token by the null token (for guidance)")
     g.add_argument("--prior_time_shifts", type=int, default=None,
                    help="also encode each training image at this many random circular time shifts, so the prior "
-                        "sees several token grids per recording (preset: 0; 4 when the data is small)")
+                        "sees several token grids per recording (more when the data is small; the first lines of the "
+                        "run say what was chosen)")
     g.add_argument("--prior_steps", type=int, default=None, help="optimiser steps of stage 2")
     g.add_argument("--prior_epochs", type=float, default=None, help="epochs of stage 2 (instead of --prior_steps)")
     g.add_argument("--prior_batch_size", type=int, default=None, help="batch size of stage 2")
@@ -120,7 +164,7 @@ def add_loop_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
     g.add_argument("--lr_warmup_steps", type=int, default=None, help="linear warm-up steps (default: 5%% of steps)")
     g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                   help="mixed precision (preset: no on CPU, bf16 on GPU)")
+                   help="mixed precision")
     g.add_argument("--seed", type=int, default=0, help="seed of data split, simulation, initialisation, sampling")
     g.add_argument("--checkpointing_steps", type=int, default=None, help="save training state every N steps")
     g.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep at most this many checkpoints")
@@ -230,3 +274,49 @@ def _stop_after(spec: str | None, stage: str) -> int | None:
         return None
     name, _, steps = spec.partition(":")
     return int(steps) if name == stage else None
+
+
+def adopt_flags(args: argparse.Namespace, saved: dict, source, reason: str, what: str, remedy: str) -> dict:
+    """Set each flag of ``saved`` (``{flag: value}`` read from a saved model) on ``args`` unless it was given
+    explicitly (a preset-filled or unset flag takes the saved value); an explicit contradiction raises.
+
+    Returns:
+        ``{flag: saved value}`` of the flags changed.
+
+    Raises:
+        UserInputError: ``--<flag> <given> contradicts the <what> in <source> (<reason>), saved with --<flag>
+            <value>; <remedy>``.
+    """
+    filled = set(getattr(args, "preset_filled", ()))
+    changed = {}
+    for flag, value in saved.items():
+        given = getattr(args, flag, None)
+        same = list(given) == list(value) if isinstance(given, (list, tuple)) and isinstance(value, list) \
+            else given == value
+        if same:
+            continue
+        if given is not None and flag not in filled:
+            show = lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+            raise UserInputError(f"--{flag} {show(given)} contradicts the {what} in {source} ({reason}), saved "
+                                 f"with --{flag} {show(value)}; {remedy}")
+        setattr(args, flag, value)
+        changed[flag] = value
+    return changed
+
+
+def _annotated(add):
+    """Wrap an ``add_*_args`` function so the groups it adds get :func:`preset_help` in their help texts."""
+    def wrapper(parser: argparse.ArgumentParser) -> None:
+        before = len(parser._action_groups)
+        add(parser)
+        for group in parser._action_groups[before:]:
+            _annotate_presets(group)
+    wrapper.__doc__, wrapper.__name__ = add.__doc__, add.__name__
+    return wrapper
+
+
+add_data_args = _annotated(add_data_args)
+add_vqvae_args = _annotated(add_vqvae_args)
+add_prior_args = _annotated(add_prior_args)
+add_loop_args = _annotated(add_loop_args)
+

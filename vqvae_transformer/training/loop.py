@@ -48,8 +48,14 @@ logger = get_logger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"
 
+
 class NumericalFault(UserInputError):
-    """The loss (or the gradient norm) became NaN or infinite; the message names stage, step and what to do."""
+    """The loss (or the gradient norm) became NaN or infinite; the message names stage, step and what to do.
+
+    The ranks agree on the fault (it is reduced across processes), so every rank raises it and only the main
+    process prints it."""
+
+    on_every_rank = True
 
 
 StepFn = Callable[[torch.nn.Module, tuple, Accelerator], tuple[torch.Tensor, dict[str, float]]]

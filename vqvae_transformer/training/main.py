@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import resource
 import shutil
 import time
@@ -24,22 +25,23 @@ import torch
 
 from ..atomic import write_json_atomic
 from ..errors import UserInputError
+from ..images import make_user_grid
+from ..layout import SAMPLE_GRID, SUMMARY_FILE
 from ..models.fingerprint import read_fingerprint, stage1_fingerprint, write_fingerprint
 from ..models.first_stage import FIRST_STAGE_CLASSES, load_first_stage
 from ..models.pipeline import VQVAETransformerPipeline
-from .args import (ArgumentParser, add_data_args, add_loop_args, add_prior_args, add_vqvae_args, finalize_args,
-                   loop_config)
+from .args import (ArgumentParser, add_data_args, add_loop_args, add_prior_args, add_vqvae_args, adopt_flags,
+                   finalize_args, loop_config)
 from .data_setup import prepare_data
 from .loop import make_accelerator
 from .train_prior import PRIOR_SUBFOLDER, train_prior_stage
+from .transfer import NO_SOURCE
 from .train_prior import stage_done as prior_done
 from .train_vqvae import VQVAE_SUBFOLDER, train_vqvae_stage
 from .train_vqvae import stage_done as vqvae_done
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "training_summary.json"
-SAMPLE_GRID = "sample_grid.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("stages and sharing")
     g.add_argument("--skip_vqvae", action="store_true", help="reuse OUTPUT_DIR/vqvae instead of training stage 1")
     g.add_argument("--skip_prior", action="store_true", help="stop after stage 1")
+    g.add_argument("--init_from", default=None, metavar="MODEL",
+                   help="start from a trained model: a folder written by train_main.py, a Hub repo id, or "
+                        "'simulator' (the model of the embedded simulator, trained once with this preset and cached; "
+                        "the first use takes a full training) ('none': random weights): stage 1 is fine-tuned from "
+                        "its tokenizer (for a "
+                        "quarter of the preset's steps unless --vqvae_steps is given), the prior from its prior "
+                        "with new user tokens; its architecture flags are used (see "
+                        "vqvae_transformer/training/transfer.py)")
     g.add_argument("--push_to_hub", action="store_true", help="push the pipeline (never checkpoints) to the Hub")
     g.add_argument("--hub_model_id", default=None, help="Hub repo id for --push_to_hub, e.g. me/microdoppler-gen")
     g.add_argument("--hub_private", action="store_true", help="create the Hub repo as private")
@@ -71,6 +81,16 @@ STAGE1_CONFIG_KEYS = {"codebook_size": "num_vq_embeddings", "codebook_dim": "cod
                       "commitment_beta": "commitment_beta"}
 
 
+def saved_stage1_flags(vqvae_dir: Path) -> dict[str, object]:
+    """``{flag: value}`` of the stage-1 flags (:data:`STAGE1_CONFIG_KEYS`, ``first_stage``) a saved first stage fixes."""
+    config = json.loads((vqvae_dir / "config.json").read_text())
+    saved = {flag: config[key] for flag, key in STAGE1_CONFIG_KEYS.items() if key in config}
+    kinds = {cls.__name__: kind for kind, cls in FIRST_STAGE_CLASSES.items()}
+    if config.get("_class_name") in kinds:
+        saved["first_stage"] = kinds[config["_class_name"]]
+    return saved
+
+
 def adopt_saved_stage1(args: argparse.Namespace, vqvae_dir: Path, reason: str) -> dict[str, object]:
     """Make ``args`` describe the saved first stage that this run reuses instead of training one.
 
@@ -83,38 +103,52 @@ def adopt_saved_stage1(args: argparse.Namespace, vqvae_dir: Path, reason: str) -
     Raises:
         UserInputError: one line naming the flag, the saved and the given value.
     """
-    config = json.loads((vqvae_dir / "config.json").read_text())
-    saved = {flag: config[key] for flag, key in STAGE1_CONFIG_KEYS.items() if key in config}
-    kinds = {cls.__name__: kind for kind, cls in FIRST_STAGE_CLASSES.items()}
-    if config.get("_class_name") in kinds:
-        saved["first_stage"] = kinds[config["_class_name"]]
-    filled = set(getattr(args, "preset_filled", ()))
-    changed = {}
-    for flag, value in saved.items():
-        given = getattr(args, flag, None)
-        same = list(given) == list(value) if isinstance(given, (list, tuple)) and isinstance(value, list) \
-            else given == value
-        if same:
-            continue
-        if given is not None and flag not in filled:
-            show = lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
-            raise UserInputError(f"--{flag} {show(given)} contradicts the stage 1 in {vqvae_dir} ({reason}), saved "
-                                 f"with --{flag} {show(value)}; drop the flag or train a new stage 1")
-        setattr(args, flag, value)
-        changed[flag] = value
+    saved = saved_stage1_flags(vqvae_dir)
+    changed = adopt_flags(args, saved, vqvae_dir, reason, "stage 1", "drop the flag or train a new stage 1")
     if changed:
         logger.info(f"stage 1 is reused ({reason}): using its saved " +
                     ", ".join(f"--{k} {v}" for k, v in changed.items()))
     return changed
 
 
+def adopt_init_source(args: argparse.Namespace) -> Path:
+    """``--init_from``: resolve and check the source model, take its architecture flags (not the image channels,
+    which follow the data) and shorten a preset-filled stage-1 budget; sets ``args.init_source``."""
+    from .transfer import INIT_FLAG, fine_tune_steps, resolve_init_source, source_prior_settings
+
+    source = resolve_init_source(args.init_from, args.preset_name)
+    reason = f"{INIT_FLAG} {args.init_from}"
+    remedy = "drop the flag or start from another model"
+    saved = {k: v for k, v in saved_stage1_flags(source / VQVAE_SUBFOLDER).items() if k != "channels"}
+    changed = adopt_flags(args, saved, source / VQVAE_SUBFOLDER, reason, "stage 1", remedy)
+    changed.update(adopt_flags(args, source_prior_settings(source), source / PRIOR_SUBFOLDER, reason, "prior",
+                               remedy))
+    if changed:
+        logger.info(f"{reason}: using its saved " + ", ".join(f"--{k} {v}" for k, v in changed.items()))
+    shortened = None if args.skip_vqvae else fine_tune_steps(args)
+    if shortened:
+        logger.info(shortened)
+    args.init_source = str(source)
+    return source
+
+
 def _clear_stage_checkpoints(accelerator, output_dir: Path, stage: str) -> None:
-    """Remove a stage's old checkpoints (main process only), then wait for every rank."""
-    folder = output_dir / "checkpoints" / stage
-    if accelerator.is_main_process and folder.is_dir():
-        logger.warning(f"starting {stage} from scratch: removing old checkpoints in {folder} "
-                       "(use --resume_from_checkpoint latest to continue them instead)")
-        shutil.rmtree(folder)
+    """Remove a stage's old checkpoints (main process only), then wait for every rank.
+
+    The folder is first renamed to a hidden ``.<stage>.removing-<pid>`` sibling (one atomic step), so a run
+    killed during the removal never leaves a half-deleted checkpoint that ``--resume_from_checkpoint latest``
+    could pick up; leftovers of such a kill (only ever this tool's own checkpoints) are removed here too."""
+    parent = output_dir / "checkpoints"
+    folder = parent / stage
+    if accelerator.is_main_process:
+        for stale in sorted(parent.glob(f".{stage}.removing-*")) if parent.is_dir() else []:
+            shutil.rmtree(stale)
+        if folder.is_dir():
+            logger.warning(f"starting {stage} from scratch: removing old checkpoints in {folder} "
+                           "(use --resume_from_checkpoint latest to continue them instead)")
+            doomed = parent / f".{stage}.removing-{os.getpid()}"
+            os.replace(folder, doomed)
+            shutil.rmtree(doomed)
     accelerator.wait_for_everyone()
 
 
@@ -131,8 +165,9 @@ def _run_stage1(args, accelerator, data, train_idx, val_idx, summary: dict):
     if not args.resume_from_checkpoint:
         _clear_stage_checkpoints(accelerator, output_dir, VQVAE_SUBFOLDER)
     cfg = loop_config(args, VQVAE_SUBFOLDER, len(train_idx))
+    init = Path(args.init_source) / VQVAE_SUBFOLDER if getattr(args, "init_source", None) else None
     model, stage = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx or train_idx],
-                                     accelerator)
+                                     accelerator, init_from=init)
     summary["vqvae"] = {k: v for k, v in stage.items() if k != "history"}
     return model, stage["finished"], True
 
@@ -158,8 +193,10 @@ def _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summar
     if not resume:
         cfg = dataclasses.replace(cfg, resume_from_checkpoint=None)
     measure_idx = val_idx or train_idx  # --val_fraction 0: measured on the training images
+    init = Path(args.init_source) / PRIOR_SUBFOLDER if getattr(args, "init_source", None) else None
     prior, stage = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
-                                     data.images[measure_idx], data.labels[measure_idx], data.user_ids, accelerator)
+                                     data.images[measure_idx], data.labels[measure_idx], data.user_ids, accelerator,
+                                     init_from=init)
     summary["prior"] = {k: v for k, v in stage.items() if k != "history"}
     return prior, stage["finished"]
 
@@ -197,7 +234,6 @@ def card_figures(summary: dict) -> dict:
 def _save_pipeline(args, first_stage, prior, data, summary: dict) -> VQVAETransformerPipeline:
     """Save the pipeline into OUTPUT_DIR, a sample grid for the card, the summary and the model card."""
     from ..hub import write_model_card
-    from ..inference.generate import make_user_grid
 
     output_dir = Path(args.output_dir)
     pipeline = VQVAETransformerPipeline(vqvae=first_stage.eval(), prior=prior.eval(), user_ids=data.user_ids,
@@ -260,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_writable(args.output_dir, "--output_dir")
     if args.push_to_hub and not args.hub_model_id:
         raise UserInputError("--push_to_hub needs --hub_model_id (e.g. your-name/microdoppler-generator)")
+    args.preset_name = preset
+    if args.init_from and args.init_from != NO_SOURCE:
+        adopt_init_source(args)
     vqvae_dir = Path(args.output_dir) / VQVAE_SUBFOLDER
     if args.skip_vqvae and not (vqvae_dir / "config.json").is_file():
         raise UserInputError(f"--skip_vqvae, but {vqvae_dir} holds no trained stage 1")
@@ -273,3 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info(f"done in {summary.get('wall_seconds', 0):.0f}s; model in {args.output_dir}; next: "
                     f"python generate_main.py --model_dir {args.output_dir}")
     return 0
+
+
+if __name__ == "__main__":  # python -m vqvae_transformer.training.main: the same as train_main.py
+    import sys
+
+    from ..cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -10,24 +10,26 @@ import logging
 
 import torch
 
+from ..models import defaults as D
+
 logger = logging.getLogger(__name__)
 
 # Budget of the CPU preset (2 cores): train_main from nothing in <= 20 min, peak memory <= 6 GB (benchmarks/).
 CPU_PRESET: dict = {
-    "resolution": 64,
+    "resolution": D.RESOLUTION,
     "samples_per_user": 128,  # 64 -> 128: judge on samples 0.59 -> 0.76; 256: 0.72, and 20 min 12 s to train
     "first_stage": "vq",
-    "block_out_channels": (16, 32, 64),  # 2 downsamplings: 64 px -> 16x16 tokens (8x8 lost every gait detail)
-    "latent_channels": 32,
-    "codebook_size": 1024,
+    "block_out_channels": D.BLOCK_OUT_CHANNELS,  # 2 downsamplings: 64 px -> 16x16 tokens (8x8 lost every gait detail)
+    "latent_channels": D.LATENT_CHANNELS,
+    "codebook_size": D.CODEBOOK_SIZE,
     # Euclidean lookup at the latent's full width, re-seeding codes used < 2 times per batch from random encoder
     # outputs: the winner of benchmarks/bench_quantizer.py at this budget (l2-normalised 8-d codes: -0.5 dB).
-    "codebook_dim": 32,
-    "use_l2_norm": False,
-    "ema_decay": 0.8,
-    "dead_code_threshold": 2.0,
-    "restart_sampling": "uniform",
-    "commitment_beta": 0.25,
+    "codebook_dim": D.CODEBOOK_DIM,
+    "use_l2_norm": D.USE_L2_NORM,
+    "ema_decay": D.EMA_DECAY,
+    "dead_code_threshold": D.DEAD_CODE_THRESHOLD,
+    "restart_sampling": D.RESTART_SAMPLING,
+    "commitment_beta": D.COMMITMENT_BETA,
     # Batch 8 x 2800 steps sees the same 22 400 images as 32 x 700, in 429 s against 382 s, and the tokenizer is far
     # better: PSNR 29.4 -> 32.0 dB; the judge recognises 97.8 % of reconstructions against 74.8 %, and their domain
     # FID falls from 18.0 to 1.5 (python -m benchmarks.bench_tokenizer_batch, README).
@@ -39,13 +41,13 @@ CPU_PRESET: dict = {
     "prior_batch_size": 16,
     "prior_steps": 1300,
     "prior_learning_rate": 1.5e-3,
-    "n_layer": 4,
-    "n_embd": 192,
-    "n_head": 8,
-    "prior_dropout": 0.0,  # the prior underfits in this budget (train loss = validation loss)
+    "n_layer": D.N_LAYER,
+    "n_embd": D.N_EMBD,
+    "n_head": D.N_HEAD,
+    "prior_dropout": D.PRIOR_DROPOUT,  # the prior underfits in this budget (train loss = validation loss)
     # Column by column = time order. Same first stage, 650 steps: validation loss 1.72 against 2.03 row by row,
     # samples recognised 0.61 against 0.19 (benchmarks/bench_token_order.py, README).
-    "token_order": "column",
+    "token_order": D.TOKEN_ORDER,
     "user_dropout": 0.1,
     "prior_time_shifts": 0,  # extra time-shifted encodings per training image (small data: see SMALL_DATA_PRIOR)
     "mixed_precision": "no",

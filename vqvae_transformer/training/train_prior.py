@@ -34,17 +34,18 @@ from accelerate.logging import get_logger
 from ..atomic import write_json_atomic
 from ..data.augment import circular_time_shift
 from ..figures import save_curves, save_labelled_grid
+from ..layout import PRIOR_FOLDER
 from ..models.fingerprint import stage1_fingerprint, write_fingerprint
 from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
 from ..models.prior import build_prior, build_prior_config, make_prior_batch, sample_tokens, vocabulary_from_config
-from ..validation.reconstruction import encode_tokens
+from ..models.reconstruction import encode_tokens
 from .loop import LoopConfig, make_accelerator, run_finished, run_training
 from .presets import small_data_prior_settings
 from .train_vqvae import FIGURE_DIR, VQVAE_SUBFOLDER, save_pretrained_atomic
 
 logger = get_logger(__name__)
 
-PRIOR_SUBFOLDER = "prior"
+PRIOR_SUBFOLDER = PRIOR_FOLDER
 SAMPLE_USERS = 8
 SAMPLES_PER_USER = 6
 BEST_FOLDER = "best"
@@ -191,7 +192,8 @@ def make_prior_eval(first_stage, val_tokens: torch.Tensor, val_labels: torch.Ten
 
 def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, train_images: torch.Tensor,
                       train_labels: torch.Tensor, val_images: torch.Tensor, val_labels: torch.Tensor,
-                      user_ids: list[int], accelerator: Accelerator | None = None) -> tuple[object, dict]:
+                      user_ids: list[int], accelerator: Accelerator | None = None,
+                      init_from: Path | None = None) -> tuple[object, dict]:
     """Encode the splits once, train (or resume) the prior, save it to ``OUTPUT_DIR/prior``.
 
     Args:
@@ -202,6 +204,8 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
         train_labels, val_labels: ``[N]`` 0-based user labels.
         user_ids: public ids, ``user_ids[label]``.
         accelerator: shared accelerator.
+        init_from: a saved prior whose body (all but the user tokens) to start from (``--init_from``,
+            :mod:`.transfer`).
 
     Returns:
         ``(prior, summary)``; ``summary["finished"]`` is False when the run was cut short.
@@ -225,6 +229,12 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
     cfg = dataclasses.replace(cfg, resume_settings={**cfg.resume_settings, "stage1_fingerprint": fingerprint})
     torch.manual_seed(cfg.seed)
     prior = build_prior(config)
+    if init_from is not None:
+        from .transfer import init_prior
+
+        count = init_prior(prior, init_from)
+        logger.info(f"stage 2 starts from {init_from} ({count} tensors; {len(user_ids)} new user tokens)",
+                    main_process_only=True)
     step_fn = PriorStep(vocabulary_from_config(config), args.user_dropout)
     # Measured on the training images (--val_fraction 0), the lowest loss is always the last: keep no best then.
     held_out = not (val_images.shape == train_images.shape and torch.equal(val_images, train_images))

@@ -27,15 +27,16 @@ from accelerate.logging import get_logger
 
 from ..errors import UserInputError
 from ..figures import save_curves, save_reconstruction_grid, save_usage_histogram
+from ..layout import VQVAE_FOLDER
 from ..models.fingerprint import invalidate_dependents
 from ..models.first_stage import build_first_stage
 from ..perceptual import LPIPSUnavailableError, load_pretrained_lpips, lpips_status
-from ..validation.reconstruction import code_counts, encode_tokens, reconstruct, tokenizer_metrics
+from ..models.reconstruction import code_counts, encode_tokens, reconstruct, tokenizer_metrics
 from .loop import LoopConfig, make_accelerator, run_finished, run_training
 
 logger = get_logger(__name__)
 
-VQVAE_SUBFOLDER = "vqvae"
+VQVAE_SUBFOLDER = VQVAE_FOLDER
 FIGURE_DIR = "figures"
 MAX_EVAL_IMAGES = 512
 
@@ -158,7 +159,8 @@ def save_pretrained_atomic(model, target: Path) -> Path:
 
 
 def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: torch.Tensor,
-                      val_images: torch.Tensor, accelerator: Accelerator | None = None) -> tuple[object, dict]:
+                      val_images: torch.Tensor, accelerator: Accelerator | None = None,
+                      init_from: Path | None = None) -> tuple[object, dict]:
     """Train (or resume) stage 1 and save it to ``OUTPUT_DIR/vqvae``.
 
     Args:
@@ -167,6 +169,7 @@ def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: t
         train_images: ``[N, C, R, R]`` in [-1, 1].
         val_images: ``[M, C, R, R]`` held-out images for metrics and figures.
         accelerator: shared accelerator (train_main runs both stages in one).
+        init_from: a saved first stage to start from (``--init_from``, :mod:`.transfer`) instead of random weights.
 
     Returns:
         ``(model, summary)``; ``summary["finished"]`` is False when the run was cut short.
@@ -176,6 +179,11 @@ def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: t
     channels, resolution = train_images.shape[1], train_images.shape[-1]
     torch.manual_seed(cfg.seed)
     model = build_vqvae(args, channels, resolution)
+    if init_from is not None:
+        from .transfer import init_first_stage
+
+        count = init_first_stage(model, init_from)
+        logger.info(f"stage 1 starts from {init_from} ({count} tensors)", main_process_only=True)
     lpips = resolve_lpips(args.lpips, accelerator.device)
     step_fn = VQVAEStep(args.recon_loss, lpips, args.lpips_weight, args.time_shift)
     eval_fn = make_vqvae_eval(val_images, cfg.output_dir, cfg.batch_size)

@@ -19,6 +19,7 @@ import torch
 from ..cli import ArgumentParser, add_debug_flag, run_cli, setup_logging
 from ..data.provenance import DATA_INFO_FILE, SPLIT_FILE
 from ..errors import UserInputError, require_folder
+from ..layout import DEFAULT_MODEL_DIR
 from ..models.fingerprint import check_model_folder, read_json_file
 from ..output_folder import prepare_output_folder
 from .judge import DEFAULT_EPOCHS
@@ -26,7 +27,6 @@ from .report import FIGURE_DIR, JUDGE_DIR, REPORT_JSON, REPORT_MD, Thresholds, r
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_DIR = "outputs/vqvae_transformer"
 DEFAULT_GENERATED_DIR = "generated_images"
 DEFAULT_OUTPUT_DIR = "validation"
 TOOL_NAME = "validate_main.py"

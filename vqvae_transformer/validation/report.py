@@ -24,10 +24,11 @@ from ..data.folder import DECODE_ERRORS
 from ..data.provenance import DATA_INFO_FILE, load_model_data
 from ..errors import UserInputError
 from ..figures import plt, save_figure, save_labelled_grid, to_unit
+from ..layout import MODEL_INDEX, VQVAE_FOLDER
 from ..models.first_stage import load_first_stage
 from . import metrics as M
 from .judge import DEFAULT_EPOCHS, Judge, accuracy, features, load_or_train_judge, predict
-from .reconstruction import tokenizer_metrics_and_reconstructions
+from ..models.reconstruction import tokenizer_metrics_and_reconstructions
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def model_facts(model_dir: str | Path) -> dict:
         raise UserInputError(f"model folder {str(model_dir)!r} does not exist; train one with train_main.py or "
                              "pass --model_dir")
     facts: dict[str, Any] = {}
-    for name in ("model_index.json", DATA_INFO_FILE, "vqvae/config.json"):
+    for name in (MODEL_INDEX, DATA_INFO_FILE, f"{VQVAE_FOLDER}/config.json"):
         record = _read_json(model_dir / name)
         if name == "vqvae/config.json":
             record = {"resolution": record.get("sample_size"), "channels": record.get("in_channels")}
@@ -387,7 +388,7 @@ def first_stage_metrics(model_dir: str | Path, val_images: torch.Tensor, val_lab
     still recognises after images pass through the tokens. ``reconstruction_domain_fid`` (reconstructions vs the
     images they reconstruct, in the judge's feature space) is the tokenizer's share of ``domain_fid``.
     """
-    first_stage = load_first_stage(Path(model_dir) / "vqvae").eval()
+    first_stage = load_first_stage(Path(model_dir) / VQVAE_FOLDER).eval()
     out, recon = tokenizer_metrics_and_reconstructions(first_stage, val_images)  # recon: (N, C, R, R)
     out["reconstruction_test_accuracy"] = accuracy(predict(judge, recon), val_labels)
     out["reconstruction_domain_fid"] = M.domain_fid(judge, val_images, recon) if val_images.shape[0] >= 2 else None
@@ -477,7 +478,7 @@ def run_validation(
     generated = load_generated(generated_dir, real.data, facts["user_ids"])
     target_label = _target_label(target_user_id, generated, real.data)
 
-    judge = _judge(real, output_dir, judge_epochs, seed, use_judge_cache)
+    judge = train_or_load_judge(real, output_dir, judge_epochs, seed, use_judge_cache)
     if cas_epochs is None:  # same optimisation budget as the judge
         cas_epochs = max(1, round(judge_epochs * len(real.train_idx) / max(len(generated), 1)))
     values, reasons, extras = compute_metrics(judge, real, generated, target_label, cas_epochs, seed)
@@ -506,7 +507,7 @@ def _target_label(target_user_id: int | None, generated: SpectrogramData, data: 
     return label
 
 
-def _judge(real: RealData, output_dir: Path, epochs: int, seed: int, use_cache: bool) -> Judge:
+def train_or_load_judge(real: RealData, output_dir: Path, epochs: int, seed: int, use_cache: bool) -> Judge:
     """Train the judge on the real training split, or reuse the cached one."""
     data = real.data
     return load_or_train_judge(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from ..models.quantizer import code_statistics
+from .quantizer import code_statistics
 
 
 @torch.no_grad()
