@@ -90,10 +90,20 @@ def test_prior_over_another_codebook_is_refused(tmp_path):
         init_prior(_prior(num_users=3, seed=0, codebook=32), tmp_path / "prior")
 
 
-def test_train_main_init_from_takes_the_source_architecture_and_fine_tunes_it(tmp_path):
-    source = tmp_path / "simulator_model"
-    run(["train_main.py", *DATA, *VQVAE, *PRIOR, "--vqvae_steps", "4", "--prior_steps", "3",
-         "--output_dir", str(source)])
+TINY_TRAINING = [*DATA, *VQVAE, *PRIOR, "--vqvae_steps", "4", "--prior_steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def simulator_source(tmp_path_factory):
+    """A tiny simulator model built through --init_from simulator's own path (cache folder, child process)."""
+    from vqvae_transformer.training.transfer import build_simulator_model
+
+    cache = tmp_path_factory.mktemp("cache")
+    return cache, build_simulator_model("cpu", cache_dir=cache, extra_flags=TINY_TRAINING)
+
+
+def test_train_main_init_from_takes_the_source_architecture_and_fine_tunes_it(tmp_path, simulator_source):
+    source = simulator_source[1]
     target = tmp_path / "users_model"
     # other persons (seed 1), fewer of them, colour channels, no architecture flags: all taken from the source
     result = run(["train_main.py", "--num_users", "2", "--simulated_per_user", "8", "--seed", "1", "--channels", "3",
@@ -124,17 +134,21 @@ def test_init_from_a_missing_folder_is_one_line(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("error:") and "nowhere" in errors[0], result.stderr
 
 
-def test_simulator_source_is_trained_once_into_the_cache_then_reused(tmp_path, caplog):
+def test_a_failed_simulator_build_leaves_nothing_in_the_cache(tmp_path):
+    from vqvae_transformer.training.transfer import build_simulator_model
+
+    with pytest.raises(UserInputError, match="training the simulator model failed"):
+        build_simulator_model("cpu", cache_dir=tmp_path, extra_flags=[*TINY_TRAINING, "--vqvae_steps", "0"])
+    assert not any((tmp_path / "pretrained").iterdir())  # no half-built model, no staging folder left
+
+
+def test_simulator_source_is_trained_once_into_the_cache_then_reused(simulator_source, caplog):
     from vqvae_transformer.training.transfer import build_simulator_model, simulator_model_dir
 
-    tiny = [*DATA, *VQVAE, *PRIOR, "--vqvae_steps", "2", "--prior_steps", "2"]
-    with pytest.raises(UserInputError, match="training the simulator model failed"):
-        build_simulator_model("cpu", cache_dir=tmp_path, extra_flags=[*tiny, "--vqvae_steps", "0"])
-    assert not any((tmp_path / "pretrained").iterdir())  # no half-built model, no staging folder left
-    folder = build_simulator_model("cpu", cache_dir=tmp_path, extra_flags=tiny)
-    assert folder == simulator_model_dir("cpu", tmp_path) and (folder / "model_index.json").is_file()
-    assert sorted(p.name for p in (tmp_path / "pretrained").iterdir()) == [folder.name]
+    cache, folder = simulator_source
+    assert folder == simulator_model_dir("cpu", cache) and (folder / "model_index.json").is_file()
+    assert sorted(p.name for p in (cache / "pretrained").iterdir()) == [folder.name]
     stamp = (folder / "model_index.json").stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        assert build_simulator_model("cpu", cache_dir=tmp_path, extra_flags=["--not_a_flag"]) == folder  # not rebuilt
+        assert build_simulator_model("cpu", cache_dir=cache, extra_flags=["--not_a_flag"]) == folder  # not rebuilt
     assert "using the model cached" in caplog.text and (folder / "model_index.json").stat().st_mtime_ns == stamp
