@@ -101,11 +101,12 @@ class PlainVAEStep:
         self.recon_loss, self.kl_weight, self.time_shift = recon_loss, kl_weight, time_shift
 
     def __call__(self, model, batch, accelerator):
-        from vqvae_transformer.training.train_vqvae import batch_psnr, random_time_shift, reconstruction_loss
+        from vqvae_transformer.data.augment import circular_time_shift
+        from vqvae_transformer.training.train_vqvae import batch_psnr, reconstruction_loss
 
         images = batch[0]  # (B, C, R, R) in [-1, 1]
         if self.time_shift:
-            images = random_time_shift(images)
+            images = circular_time_shift(images)
         posterior = model.encode(images).latent_dist
         recon = model.decode(posterior.sample()).sample  # (B, C, R, R)
         rec = reconstruction_loss(recon, images, self.recon_loss)

@@ -30,7 +30,8 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from vqvae_transformer.data import load_training_data, stratified_split
 from vqvae_transformer.models.quantizer import EMAVectorQuantizer, code_statistics
 from vqvae_transformer.training.presets import CPU_PRESET
-from vqvae_transformer.training.train_vqvae import random_time_shift, reconstruction_loss
+from vqvae_transformer.data.augment import circular_time_shift
+from vqvae_transformer.training.train_vqvae import reconstruction_loss
 
 VARIANTS = ("stock", "vqp", "vqp-cos8", "ours")
 
@@ -127,7 +128,7 @@ def train_variant(kind: str, train: torch.Tensor, val: torch.Tensor, args) -> di
     start = time.time()
     for _ in range(args.steps):
         idx = torch.randint(0, len(train), (args.batch_size,), generator=generator)
-        x = random_time_shift(train[idx])
+        x = circular_time_shift(train[idx])
         recon, qloss, _ = model(x)
         loss = reconstruction_loss(recon, x, "l1+l2") + qloss
         optimizer.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..data.colormap import COLORMAP_CHOICES, DEFAULT_COLORMAP
+from ..cli import ArgumentParser  # noqa: F401  (the one CLI parser; re-exported for the stage modules)
 from ..errors import UserInputError
 from ..layout import DEFAULT_MODEL_DIR
 from .loop import LoopConfig
@@ -25,13 +26,6 @@ STAGE_SETTINGS = {
                               "codebook_dim", "use_l2_norm"),
     "prior": DATA_SETTINGS + ("n_layer", "n_embd", "n_head", "token_order"),
 }
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises :class:`UserInputError` (one line, exit 2 through ``run_cli``) instead of exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserInputError(f"{message} (see --help)")
 
 
 def _show(value) -> str:

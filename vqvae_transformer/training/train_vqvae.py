@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 
+from ..data.augment import circular_time_shift
 from ..errors import UserInputError
 from ..figures import save_curves, save_reconstruction_grid, save_usage_histogram
 from ..layout import VQVAE_FOLDER
@@ -52,14 +53,6 @@ def build_vqvae(args: argparse.Namespace, channels: int, resolution: int):
         restart_sampling=args.restart_sampling,
         commitment_beta=args.commitment_beta,
     )
-
-
-def random_time_shift(images: torch.Tensor) -> torch.Tensor:
-    """Roll each image along time (the width axis) by a random number of columns: ``[B, C, H, W]``."""
-    b, _, _, w = images.shape
-    shifts = torch.randint(0, w, (b,), device=images.device)
-    cols = (torch.arange(w, device=images.device)[None, :] - shifts[:, None]) % w  # (B, W)
-    return images.gather(3, cols[:, None, None, :].expand_as(images))
 
 
 def resolve_lpips(mode: str, device: torch.device | None = None) -> torch.nn.Module | None:
@@ -106,7 +99,7 @@ class VQVAEStep:
     def __call__(self, model, batch, accelerator: Accelerator) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch[0]  # (B, C, R, R) in [-1, 1]
         if self.time_shift:
-            images = random_time_shift(images)
+            images = circular_time_shift(images)
         out = model(images)
         recon = reconstruction_loss(out.sample, images, self.recon_loss)
         loss = recon + out.commit_loss + out.kl_loss
