@@ -48,6 +48,8 @@ INIT_FLAG = "--init_from"
 SIMULATOR_SOURCE = "simulator"  # --init_from simulator: the model of the embedded simulator, built once and cached
 NO_SOURCE = "none"  # --init_from none: random initialisation
 PRETRAINED_CACHE_VERSION = 1
+_LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                       "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 """Bump when training changes what the simulator model is, so an old cached one is not reused."""
 # The first and last convolutions of both first stages (diffusers Encoder / Decoder): their channel axes follow
 # the images. name -> axis that counts image channels.
@@ -84,13 +86,15 @@ def build_simulator_model(preset: str, cache_dir: str | os.PathLike | None = Non
             time.sleep(10)
         return target
     logger.warning(f"{INIT_FLAG} {SIMULATOR_SOURCE}: training the model of the embedded simulator once into {target} "
-                   f"(the {preset} preset's full training: about 25 min on a 2-core CPU; every later run reuses it)")
+                   f"(the {preset} preset's full training: about 20 min on a 2-core CPU; every later run reuses it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     command = [sys.executable, "-m", "vqvae_transformer.training.main", "--preset", preset, "--seed", "0",
                "--output_dir", str(staging / "model"), *extra_flags]
     try:
-        code = subprocess.run(command, env={**os.environ, "RANK": "0"}).returncode
+        # One process on its own: without the launcher's variables it never joins this run's process group.
+        env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES and not k.startswith("ACCELERATE_")}
+        code = subprocess.run(command, env=env).returncode
         if code != 0:
             raise UserInputError(f"{INIT_FLAG} {SIMULATOR_SOURCE}: training the simulator model failed (exit {code}, "
                                  f"see the lines above); run {' '.join(command[1:3])} yourself to see why, or pass "
