@@ -126,11 +126,7 @@ def check_inputs(args: argparse.Namespace) -> Path:
     if args.min_count < 1 or not 0 < args.min_share <= 1:
         raise UserInputError(f"--min_count must be >= 1 and --min_share in (0, 1], got {args.min_count}, "
                              f"{args.min_share}")
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch_size must be a positive integer (images encoded at once, e.g. 64), got "
-                             f"{args.batch_size}")
-    first_stage_dir = check_model_inputs(args)
-    return first_stage_dir
+    return check_model_inputs(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ def add_model_input_args(parser: argparse.ArgumentParser, verb: str, default_out
 
 
 def check_model_inputs(args: argparse.Namespace) -> Path:
-    """The model folder (complete, loadable, one model) and the data of ``args``, before any work.
+    """``--batch_size``, the model folder (complete, loadable, one model) and the data of ``args``, before any work.
 
     Returns:
         The first-stage folder to load.
@@ -39,6 +39,9 @@ def check_model_inputs(args: argparse.Namespace) -> Path:
     """
     from ..validation.cli import check_saved_data
 
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch_size must be a positive integer (images encoded at once, e.g. 64), got "
+                             f"{args.batch_size}")
     model_dir = Path(args.model_dir)
     require_folder(model_dir, "--model_dir", "train a model with train_main.py first")
     if (model_dir / VQVAE_FOLDER).is_dir():  # a training output folder

@@ -1013,7 +1013,7 @@ def check_inputs(args: argparse.Namespace) -> Path:
     Raises:
         UserInputError: one line naming the flag or file.
     """
-    for flag in ("max_samples", "batch_size", "num_pairs", "worst_k", "judge_epochs"):
+    for flag in ("max_samples", "num_pairs", "worst_k", "judge_epochs"):
         value = getattr(args, flag)
         if value < 1:
             raise UserInputError(f"--{flag} must be a positive integer, got {value}")
