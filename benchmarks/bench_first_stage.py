@@ -48,7 +48,8 @@ from vqvae_transformer.layout import SUMMARY_FILE, VQVAE_FOLDER
 from vqvae_transformer.models.first_stage import load_first_stage
 from vqvae_transformer.validation import metrics as M
 from vqvae_transformer.validation.judge import DEFAULT_EPOCHS, accuracy, predict
-from vqvae_transformer.validation.report import RealData, train_or_load_judge
+from vqvae_transformer.validation.inputs import RealData
+from vqvae_transformer.validation.scores import train_or_load_judge
 
 KINDS = ("vq", "kl", "plain")
 COLUMNS = ("PSNR dB", "SSIM", "LPIPS", "judge on recon", "recon FID", "usage", "readiness", "s/step")

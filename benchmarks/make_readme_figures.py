@@ -22,7 +22,8 @@ from PIL import Image  # noqa: E402
 from vqvae_transformer.data.provenance import load_model_data  # noqa: E402
 from vqvae_transformer.data.simulate import recording_rng  # noqa: E402
 from vqvae_transformer.data.simulator import draw_persons, simulate_spectrogram  # noqa: E402
-from vqvae_transformer.validation.report import load_generated, real_vs_generated_figure  # noqa: E402
+from vqvae_transformer.validation.inputs import load_generated  # noqa: E402
+from vqvae_transformer.validation.report_figures import real_vs_generated_figure  # noqa: E402
 
 
 def simulated_users_figure(output: pathlib.Path, num_users: int = 31, seed: int = 0, columns: int = 8) -> pathlib.Path:

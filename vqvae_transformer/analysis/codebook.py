@@ -26,7 +26,7 @@ from ..models.first_stage import load_first_stage
 from ..models.quantizer import code_statistics
 from ..models.reconstruction import code_counts, encode_tokens
 from ..output_folder import prepare_output_folder
-from .inputs import add_model_input_args, check_model_inputs, load_images, locate_first_stage  # noqa: F401
+from .inputs import add_model_input_args, check_model_inputs, load_images
 
 logger = logging.getLogger(__name__)
 

@@ -50,6 +50,7 @@ from scipy import stats
 from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import UserInputError
 from ..figures import to_unit
+from ..layout import FIGURES_FOLDER
 from ..models.first_stage import load_first_stage
 from ..models.quantizer import code_statistics
 from ..models.reconstruction import code_counts
@@ -61,7 +62,6 @@ logger = logging.getLogger(__name__)
 TOOL_NAME = "vqvae_transformer.analysis.latent_space"
 REPORT_JSON = "latent_report.json"
 REPORT_MD = "latent_report.md"
-FIGURE_DIR = "figures"
 FIGURE_FILES = {
     "latent_distribution": "latent_distribution.png",
     "codebook_pca": "codebook_pca.png",
@@ -678,7 +678,7 @@ class LatentSpaceAnalyzer:
 
     def report_files(self) -> list[str]:
         """Relative paths :meth:`save_report` writes (register them in an output manifest before writing)."""
-        figures = [f"{FIGURE_DIR}/{name}" for key, name in FIGURE_FILES.items()
+        figures = [f"{FIGURES_FOLDER}/{name}" for key, name in FIGURE_FILES.items()
                    if key != "codebook_pca" or self.quantized]
         return [REPORT_JSON, REPORT_MD] + figures
 
@@ -698,8 +698,8 @@ class LatentSpaceAnalyzer:
             report["source"] = source
         report["figures"] = {}
         written = []
-        for key, path in self._save_figures(output_dir / FIGURE_DIR).items():
-            report["figures"][key] = f"{FIGURE_DIR}/{path.name}"
+        for key, path in self._save_figures(output_dir / FIGURES_FOLDER).items():
+            report["figures"][key] = f"{FIGURES_FOLDER}/{path.name}"
             written.append(path)
         written.append(write_json_atomic(output_dir / REPORT_JSON, report))
         written.append(write_text_atomic(output_dir / REPORT_MD, format_markdown(report)))
@@ -1027,7 +1027,7 @@ def check_inputs(args: argparse.Namespace) -> Path:
                              f"{args.noise_scale}")
     first_stage_dir = check_model_inputs(args)
     if args.judge:
-        from ..validation.report import model_facts
+        from ..validation.inputs import model_facts
 
         model_facts(args.model_dir)  # the judge needs the model's users (model_index.json or data_info.json)
     return first_stage_dir
@@ -1036,7 +1036,8 @@ def check_inputs(args: argparse.Namespace) -> Path:
 def _train_judge(args: argparse.Namespace, out: Path):
     """The judge of ``--judge``, as validate_main.py gets it: trained on the real training split (the model's, or a
     seeded split of ``--data_dir``), cached in ``OUTPUT_DIR/judge``."""
-    from ..validation.report import load_real_data, model_facts, train_or_load_judge
+    from ..validation.inputs import load_real_data, model_facts
+    from ..validation.scores import train_or_load_judge
 
     model_dir = Path(args.model_dir)
     real = load_real_data(model_dir, model_facts(model_dir), args.data_dir, args.seed, 0.2)
@@ -1046,14 +1047,14 @@ def _train_judge(args: argparse.Namespace, out: Path):
 def main(argv: Sequence[str] | None = None) -> int:
     """Encode, analyse, write ``latent_report.json``, ``latent_report.md`` and the figures; prints the headline."""
     from ..cli import setup_logging
-    from ..validation.report import JUDGE_DIR  # where the judge of --judge is cached
+    from ..validation.scores import JUDGE_DIR  # where the judge of --judge is cached
 
     setup_logging()
     args = build_parser().parse_args(argv)
     first_stage_dir = check_inputs(args)
     model_dir = Path(args.model_dir)
     folder = prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=args.overwrite,
-                                   reserved=[REPORT_JSON, REPORT_MD, FIGURE_DIR, JUDGE_DIR])
+                                   reserved=[REPORT_JSON, REPORT_MD, FIGURES_FOLDER, JUDGE_DIR])
     out = folder.path
     model = load_first_stage(first_stage_dir).eval()
     data = load_images(model_dir, args.data_dir, model)

@@ -19,11 +19,13 @@ import torch
 from ..cli import ArgumentParser, add_debug_flag, run_cli, setup_logging
 from ..data.provenance import DATA_INFO_FILE, SPLIT_FILE
 from ..errors import UserInputError, require_folder
-from ..layout import DEFAULT_MODEL_DIR
+from ..layout import DEFAULT_MODEL_DIR, FIGURES_FOLDER
 from ..models.fingerprint import check_model_folder, read_json_file
 from ..output_folder import prepare_output_folder
 from .judge import DEFAULT_EPOCHS
-from .report import FIGURE_DIR, JUDGE_DIR, REPORT_JSON, REPORT_MD, Thresholds, run_validation
+from .report import REPORT_JSON, REPORT_MD, run_validation
+from .scores import JUDGE_DIR
+from .thresholds import Thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ def _main(argv: Sequence[str] | None) -> int:
     check_inputs(args)
     # Before training the judge: the output folder must be writable and hold nothing foreign in the way.
     folder = prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=args.overwrite,
-                                   reserved=[REPORT_JSON, REPORT_MD, FIGURE_DIR, JUDGE_DIR])
+                                   reserved=[REPORT_JSON, REPORT_MD, FIGURES_FOLDER, JUDGE_DIR])
     try:
         report = run_validation(
             args.model_dir, args.generated_data_dir, real_data_dir=args.real_data_dir,
