@@ -21,7 +21,6 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 from diffusers import VQModel
 from diffusers.optimization import get_scheduler
 from torch import nn

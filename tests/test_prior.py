@@ -303,3 +303,31 @@ def test_save_load_round_trip(tmp_path):
         torch.testing.assert_close(loaded(input_ids).logits, prior(input_ids).logits, rtol=0, atol=0)
     assert sample_tokens(loaded, [0, 1], seed=0).shape == (2, 2, 3)
     assert torch.equal(sample_tokens(loaded, [0, 1], seed=0), sample_tokens(prior, [0, 1], seed=0))
+
+
+def test_training_sample_grid_is_drawn_through_the_pipeline_with_its_defaults(tmp_path, monkeypatch):
+    """The prior's evaluation grid shows what generate_main would write: the pipeline's images for the same
+    generator seed and shipped sampling settings, coloured back for false-colour data."""
+    from tests.test_pipeline import tiny_pipeline
+    from vqvae_transformer.models.pipeline import VQVAETransformerPipeline
+    from vqvae_transformer.models.reconstruction import encode_tokens
+    from vqvae_transformer.training import train_prior
+
+    gray = tiny_pipeline(channels=1)
+    shown = []
+    monkeypatch.setattr(train_prior, "save_labelled_grid", lambda images, labels, *a, **k: shown.append(
+        (images, labels)))
+    monkeypatch.setattr(train_prior, "save_curves", lambda *a, **k: None)
+    val = torch.rand(3, 1, 16, 16) * 2 - 1
+    evaluate = train_prior.make_prior_eval(gray.vqvae, encode_tokens(gray.vqvae, val), torch.tensor([0, 1, 2]),
+                                           gray.user_ids, tmp_path, batch_size=4, seed=3, resolution=16,
+                                           colormap="jet")
+    metrics = evaluate(gray.prior, 10, [])
+    assert set(metrics) == {"loss", "perplexity", "user_token_gain"}
+    images, labels = shown[0]
+    assert labels == [f"ID_{u}" for u in gray.user_ids]
+    jet = VQVAETransformerPipeline(vqvae=gray.vqvae, prior=gray.prior, user_ids=gray.user_ids, colormap="jet")
+    expected = jet(user_ids=gray.user_ids, num_images_per_user=train_prior.SAMPLES_PER_USER, output_type="pt",
+                   generator=torch.Generator().manual_seed(3)).images  # shipped guidance and temperature
+    assert images.shape == (3 * train_prior.SAMPLES_PER_USER, 3, 16, 16)  # coloured back: RGB
+    assert torch.equal(images, expected)

@@ -50,6 +50,8 @@ def test_small_data_rule_fills_only_what_the_preset_filled(monkeypatch):
     assert settings == FULL_RULE and "small data" in reason
     settings, reason = small_data_prior_settings(small, given={"prior_dropout"})
     assert "prior_dropout" not in settings and "kept as given: prior_dropout" in reason
+    settings, reason = small_data_prior_settings(small, given=set(FULL_RULE))  # every setting given: said so
+    assert settings == {} and reason.endswith(": no setting changed; kept as given: " + ", ".join(sorted(FULL_RULE)))
     settings, _ = small_data_prior_settings(SMALL_DATA_IMAGES_PER_USER, given=set())
     assert settings == {}
 

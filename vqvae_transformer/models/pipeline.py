@@ -47,7 +47,6 @@ from transformers import GPT2LMHeadModel
 
 from ..data.colormap import CANDIDATES as COLORMAP_CANDIDATES, scalar_to_rgb
 from ..errors import UserInputError
-from ..images import tensor_to_pil
 from ..layout import MODEL_INDEX, PRIOR_FOLDER, VQVAE_FOLDER
 from . import first_stage as first_stage_module
 from .fingerprint import check_model_folder

@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -489,8 +489,3 @@ def steps_for_epochs(epochs: int, num_examples: int, batch_size: int, accumulati
     """Optimiser steps that ``epochs`` passes over ``num_examples`` take."""
     per_epoch = max(1, (num_examples // batch_size) // accumulation) if num_examples >= batch_size else 1
     return max(1, math.ceil(epochs * per_epoch))
-
-
-def config_dict(cfg: LoopConfig) -> dict:
-    """JSON-friendly copy of a loop config."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}

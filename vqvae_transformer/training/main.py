@@ -26,7 +26,7 @@ import torch
 from ..atomic import write_json_atomic
 from ..errors import UserInputError
 from ..images import make_user_grid
-from ..layout import SAMPLE_GRID, SUMMARY_FILE
+from ..layout import PRIOR_FOLDER, SAMPLE_GRID, SUMMARY_FILE, VQVAE_FOLDER
 from ..models.fingerprint import read_fingerprint, stage1_fingerprint, write_fingerprint
 from ..models.first_stage import FIRST_STAGE_CLASSES, load_first_stage
 from ..models.pipeline import VQVAETransformerPipeline
@@ -34,10 +34,10 @@ from .args import (ArgumentParser, add_data_args, add_loop_args, add_prior_args,
                    finalize_args, loop_config)
 from .data_setup import prepare_data
 from .loop import make_accelerator
-from .train_prior import PRIOR_SUBFOLDER, train_prior_stage
+from .train_prior import train_prior_stage
 from .transfer import NO_SOURCE
 from .train_prior import stage_done as prior_done
-from .train_vqvae import VQVAE_SUBFOLDER, train_vqvae_stage
+from .train_vqvae import train_vqvae_stage
 from .train_vqvae import stage_done as vqvae_done
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,9 @@ def adopt_init_source(args: argparse.Namespace) -> Path:
     source = resolve_init_source(args.init_from, args.preset_name)
     reason = f"{INIT_FLAG} {args.init_from}"
     remedy = "drop the flag or start from another model"
-    saved = {k: v for k, v in saved_stage1_flags(source / VQVAE_SUBFOLDER).items() if k != "channels"}
-    changed = adopt_flags(args, saved, source / VQVAE_SUBFOLDER, reason, "stage 1", remedy)
-    changed.update(adopt_flags(args, source_prior_settings(source), source / PRIOR_SUBFOLDER, reason, "prior",
+    saved = {k: v for k, v in saved_stage1_flags(source / VQVAE_FOLDER).items() if k != "channels"}
+    changed = adopt_flags(args, saved, source / VQVAE_FOLDER, reason, "stage 1", remedy)
+    changed.update(adopt_flags(args, source_prior_settings(source), source / PRIOR_FOLDER, reason, "prior",
                                remedy))
     if changed:
         logger.info(f"{reason}: using its saved " + ", ".join(f"--{k} {v}" for k, v in changed.items()))
@@ -160,12 +160,12 @@ def _run_stage1(args, accelerator, data, train_idx, val_idx, summary: dict):
     output_dir = Path(args.output_dir)
     if args.skip_vqvae or (args.resume_from_checkpoint and vqvae_done(output_dir)):
         reason = "--skip_vqvae" if args.skip_vqvae else "it already finished"
-        logger.info(f"stage 1: reusing {output_dir / VQVAE_SUBFOLDER} ({reason})")
-        return load_first_stage(output_dir / VQVAE_SUBFOLDER), True, False
+        logger.info(f"stage 1: reusing {output_dir / VQVAE_FOLDER} ({reason})")
+        return load_first_stage(output_dir / VQVAE_FOLDER), True, False
     if not args.resume_from_checkpoint:
-        _clear_stage_checkpoints(accelerator, output_dir, VQVAE_SUBFOLDER)
-    cfg = loop_config(args, VQVAE_SUBFOLDER, len(train_idx))
-    init = Path(args.init_source) / VQVAE_SUBFOLDER if getattr(args, "init_source", None) else None
+        _clear_stage_checkpoints(accelerator, output_dir, VQVAE_FOLDER)
+    cfg = loop_config(args, VQVAE_FOLDER, len(train_idx))
+    init = Path(args.init_source) / VQVAE_FOLDER if getattr(args, "init_source", None) else None
     model, stage = train_vqvae_stage(args, cfg, data.images[train_idx], data.images[val_idx or train_idx],
                                      accelerator, init_from=init)
     summary["vqvae"] = {k: v for k, v in stage.items() if k != "history"}
@@ -178,25 +178,25 @@ def _run_stage2(args, accelerator, first_stage, data, train_idx, val_idx, summar
     output_dir = Path(args.output_dir)
     resume = args.resume_from_checkpoint and not new_stage1
     if resume and prior_done(output_dir):
-        logger.info(f"stage 2: reusing {output_dir / PRIOR_SUBFOLDER} (it already finished)")
-        recorded = read_fingerprint(output_dir / PRIOR_SUBFOLDER)
-        if recorded is not None and recorded != stage1_fingerprint(output_dir / VQVAE_SUBFOLDER):
-            raise UserInputError(f"{output_dir / PRIOR_SUBFOLDER} was trained on another stage 1 than "
-                                 f"{output_dir / VQVAE_SUBFOLDER}; run without --resume_from_checkpoint to train "
+        logger.info(f"stage 2: reusing {output_dir / PRIOR_FOLDER} (it already finished)")
+        recorded = read_fingerprint(output_dir / PRIOR_FOLDER)
+        if recorded is not None and recorded != stage1_fingerprint(output_dir / VQVAE_FOLDER):
+            raise UserInputError(f"{output_dir / PRIOR_FOLDER} was trained on another stage 1 than "
+                                 f"{output_dir / VQVAE_FOLDER}; run without --resume_from_checkpoint to train "
                                  "stage 2 again")
         from transformers import GPT2LMHeadModel
 
-        return GPT2LMHeadModel.from_pretrained(output_dir / PRIOR_SUBFOLDER), True
+        return GPT2LMHeadModel.from_pretrained(output_dir / PRIOR_FOLDER), True
     if not resume:
-        _clear_stage_checkpoints(accelerator, output_dir, PRIOR_SUBFOLDER)
-    cfg = loop_config(args, PRIOR_SUBFOLDER, len(train_idx))
+        _clear_stage_checkpoints(accelerator, output_dir, PRIOR_FOLDER)
+    cfg = loop_config(args, PRIOR_FOLDER, len(train_idx))
     if not resume:
         cfg = dataclasses.replace(cfg, resume_from_checkpoint=None)
     measure_idx = val_idx or train_idx  # --val_fraction 0: measured on the training images
-    init = Path(args.init_source) / PRIOR_SUBFOLDER if getattr(args, "init_source", None) else None
+    init = Path(args.init_source) / PRIOR_FOLDER if getattr(args, "init_source", None) else None
     prior, stage = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
                                      data.images[measure_idx], data.labels[measure_idx], data.user_ids, accelerator,
-                                     init_from=init)
+                                     init_from=init, colormap=data.colormap)
     summary["prior"] = {k: v for k, v in stage.items() if k != "history"}
     return prior, stage["finished"]
 
@@ -240,8 +240,8 @@ def _save_pipeline(args, first_stage, prior, data, summary: dict) -> VQVAETransf
                                         resolution=data.resolution, channels=data.channels,
                                         colormap=data.colormap)
     pipeline.save_pretrained(output_dir)
-    fingerprint = stage1_fingerprint(output_dir / VQVAE_SUBFOLDER)  # of the vqvae/ as the pipeline wrote it
-    write_fingerprint(output_dir / PRIOR_SUBFOLDER, fingerprint)
+    fingerprint = stage1_fingerprint(output_dir / VQVAE_FOLDER)  # of the vqvae/ as the pipeline wrote it
+    write_fingerprint(output_dir / PRIOR_FOLDER, fingerprint)
     write_fingerprint(output_dir, fingerprint)  # beside model_index.json
     shown = data.user_ids[:min(len(data.user_ids), 31)]
     per_user = 4
@@ -257,7 +257,7 @@ def train(args: argparse.Namespace) -> dict:
     """Run the whole training described by finalized flags; returns the summary written to OUTPUT_DIR."""
     start = time.time()
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(loop_config(args, VQVAE_SUBFOLDER, 1))
+    accelerator = make_accelerator(loop_config(args, VQVAE_FOLDER, 1))
     data, train_idx, val_idx = prepare_data(args, reuse_split=bool(args.resume_from_checkpoint))
     summary: dict = {"settings": {k: v for k, v in vars(args).items() if k != "stop_after_steps"},
                      "data": {"source": data.source, "num_users": data.num_users, "user_ids": data.user_ids,
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.preset_name = preset
     if args.init_from and args.init_from != NO_SOURCE:
         adopt_init_source(args)
-    vqvae_dir = Path(args.output_dir) / VQVAE_SUBFOLDER
+    vqvae_dir = Path(args.output_dir) / VQVAE_FOLDER
     if args.skip_vqvae and not (vqvae_dir / "config.json").is_file():
         raise UserInputError(f"--skip_vqvae, but {vqvae_dir} holds no trained stage 1")
     if args.skip_vqvae or (args.resume_from_checkpoint and vqvae_done(Path(args.output_dir))):

@@ -109,9 +109,11 @@ def small_data_prior_settings(images_per_user: float, given: set[str]) -> tuple[
                     "preset prior settings")
     settings = {k: v for k, v in SMALL_DATA_PRIOR.items() if k not in given}
     kept = sorted(set(SMALL_DATA_PRIOR) & given)
+    parts = [", ".join(f"{k}={v}" for k, v in settings.items()) if settings else "no setting changed"]
+    if kept:
+        parts.append(f"kept as given: {', '.join(kept)}")
     reason = (f"small data ({images_per_user:g} training images per user < {SMALL_DATA_IMAGES_PER_USER}): "
-              + ", ".join(f"{k}={v}" for k, v in settings.items())
-              + (f"; kept as given: {', '.join(kept)}" if kept else ""))
+              + "; ".join(parts))
     return settings, reason
 
 

@@ -34,18 +34,17 @@ from accelerate.logging import get_logger
 from ..atomic import write_json_atomic
 from ..data.augment import circular_time_shift
 from ..figures import save_curves, save_labelled_grid
-from ..layout import PRIOR_FOLDER
+from ..layout import FIGURES_FOLDER, PRIOR_FOLDER, VQVAE_FOLDER
 from ..models.fingerprint import stage1_fingerprint, write_fingerprint
-from ..models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
-from ..models.prior import build_prior, build_prior_config, make_prior_batch, sample_tokens, vocabulary_from_config
+from ..models.pipeline import VQVAETransformerPipeline
+from ..models.prior import build_prior, build_prior_config, make_prior_batch, vocabulary_from_config
 from ..models.reconstruction import encode_tokens
 from .loop import LoopConfig, make_accelerator, run_finished, run_training
 from .presets import small_data_prior_settings
-from .train_vqvae import FIGURE_DIR, VQVAE_SUBFOLDER, save_pretrained_atomic
+from .train_vqvae import save_pretrained_atomic
 
 logger = get_logger(__name__)
 
-PRIOR_SUBFOLDER = PRIOR_FOLDER
 SAMPLE_USERS = 8
 SAMPLES_PER_USER = 6
 BEST_FOLDER = "best"
@@ -163,26 +162,28 @@ def validation_loss(prior, tokens: torch.Tensor, labels: torch.Tensor, batch_siz
 
 def make_prior_eval(first_stage, val_tokens: torch.Tensor, val_labels: torch.Tensor, user_ids: list[int],
                     output_dir: Path, batch_size: int, seed: int, best: BestWeights | None = None,
-                    guidance_scale: float = 1.0, temperature: float = 1.0):
-    """Validation loss/perplexity + a decoded sample grid; ``(model, step, history) -> metrics``.
+                    resolution: int | None = None, colormap: str | None = None):
+    """Validation loss/perplexity + a sample grid; ``(model, step, history) -> metrics``.
 
-    With ``best``, the weights of the lowest validation loss so far are kept there. The sample grid is drawn with
-    ``guidance_scale`` and ``temperature`` (pass the shipped sampling defaults so the figure shows what
-    ``generate_main.py`` produces).
+    With ``best``, the weights of the lowest validation loss so far are kept there. The sample grid is drawn
+    through :class:`~vqvae_transformer.models.pipeline.VQVAETransformerPipeline` with its shipped sampling
+    defaults (guidance, temperature), seeded with ``seed``, and coloured back in ``colormap`` for false-colour
+    data: the figure shows what ``generate_main.py`` would write at that step.
     """
-    figures = output_dir / FIGURE_DIR
+    figures = output_dir / FIGURES_FOLDER
 
     def evaluate(prior, step: int, history: list[dict]) -> dict[str, float]:
         loss = validation_loss(prior, val_tokens, val_labels, batch_size)
         if best is not None:
             best.update(prior, step, loss)
         gain = validation_loss(prior, val_tokens, val_labels, batch_size, null_user=True) - loss
-        shown = list(range(min(SAMPLE_USERS, len(user_ids))))
-        labels = torch.tensor([u for u in shown for _ in range(SAMPLES_PER_USER)])
-        tokens = sample_tokens(prior, labels, seed=seed, guidance_scale=guidance_scale,
-                               temperature=temperature)  # (U*S, h, w)
-        images = first_stage.decode_tokens(tokens.to(first_stage.device)).float().cpu()
-        save_labelled_grid(((images + 1) / 2).clamp(0, 1), [f"ID_{user_ids[u]}" for u in shown], SAMPLES_PER_USER,
+        shown = list(user_ids[:SAMPLE_USERS])
+        pipe = VQVAETransformerPipeline(vqvae=first_stage, prior=prior, user_ids=list(user_ids),
+                                        resolution=resolution, colormap=colormap)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(user_ids=shown, num_images_per_user=SAMPLES_PER_USER, output_type="pt",
+                      generator=torch.Generator().manual_seed(seed)).images  # (U*S, C, R, R) in [0, 1], user-major
+        save_labelled_grid(images, [f"ID_{u}" for u in shown], SAMPLES_PER_USER,
                            figures / "prior_samples.png", title=f"prior samples at step {step}")
         save_curves(history, ["loss", "val_loss"], figures / "prior_curves.png")
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "user_token_gain": gain}
@@ -193,7 +194,7 @@ def make_prior_eval(first_stage, val_tokens: torch.Tensor, val_labels: torch.Ten
 def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, train_images: torch.Tensor,
                       train_labels: torch.Tensor, val_images: torch.Tensor, val_labels: torch.Tensor,
                       user_ids: list[int], accelerator: Accelerator | None = None,
-                      init_from: Path | None = None) -> tuple[object, dict]:
+                      init_from: Path | None = None, colormap: str | None = None) -> tuple[object, dict]:
     """Encode the splits once, train (or resume) the prior, save it to ``OUTPUT_DIR/prior``.
 
     Args:
@@ -206,6 +207,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
         accelerator: shared accelerator.
         init_from: a saved prior whose body (all but the user tokens) to start from (``--init_from``,
             :mod:`.transfer`).
+        colormap: the data's colormap (false-colour data modelled as one scalar channel), for the sample grids.
 
     Returns:
         ``(prior, summary)``; ``summary["finished"]`` is False when the run was cut short.
@@ -225,7 +227,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
     config = build_prior_config(first_stage.config.num_vq_embeddings, len(user_ids), grid, n_layer=args.n_layer,
                                 n_embd=args.n_embd, n_head=args.n_head, dropout=args.prior_dropout,
                                 user_ids=list(user_ids), token_order=args.token_order)
-    fingerprint = stage1_fingerprint(cfg.output_dir / VQVAE_SUBFOLDER)  # checked on resume, recorded in prior/
+    fingerprint = stage1_fingerprint(cfg.output_dir / VQVAE_FOLDER)  # checked on resume, recorded in prior/
     cfg = dataclasses.replace(cfg, resume_settings={**cfg.resume_settings, "stage1_fingerprint": fingerprint})
     torch.manual_seed(cfg.seed)
     prior = build_prior(config)
@@ -240,8 +242,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
     held_out = not (val_images.shape == train_images.shape and torch.equal(val_images, train_images))
     best = BestWeights(cfg.checkpoint_dir) if held_out else None
     eval_fn = make_prior_eval(first_stage, val_tokens, val_labels, list(user_ids), cfg.output_dir, cfg.batch_size,
-                              cfg.seed, best=best, guidance_scale=DEFAULT_GUIDANCE_SCALE,
-                              temperature=DEFAULT_TEMPERATURE)
+                              cfg.seed, best=best, resolution=int(val_images.shape[-1]), colormap=colormap)
     dataset = torch.utils.data.TensorDataset(train_tokens, token_labels)
     prior, history, finished = run_training(cfg, prior, dataset, step_fn, eval_fn, accelerator=accelerator)
     summary = {"finished": finished, "steps": history[-1]["step"] if history else 0,
@@ -261,11 +262,11 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
             loss, gain = _final_validation(prior, history, val_tokens, val_labels, cfg.batch_size)
         summary.update(final_val_loss=loss, final_val_perplexity=math.exp(min(loss, 50.0)),
                        final_user_token_gain=gain, best_step=chosen["step"] if chosen else summary["steps"])
-        save_pretrained_atomic(prior, cfg.output_dir / PRIOR_SUBFOLDER)
-        write_fingerprint(cfg.output_dir / PRIOR_SUBFOLDER, fingerprint)
+        save_pretrained_atomic(prior, cfg.output_dir / PRIOR_FOLDER)
+        write_fingerprint(cfg.output_dir / PRIOR_FOLDER, fingerprint)
         logger.info(f"stage 2 done: validation loss {summary['final_val_loss']:.3f} (perplexity "
                     f"{summary['final_val_perplexity']:.1f}, user-token gain {summary['final_user_token_gain']:.4f} "
-                    f"nats/code); saved to {cfg.output_dir / PRIOR_SUBFOLDER}",
+                    f"nats/code); saved to {cfg.output_dir / PRIOR_FOLDER}",
                     main_process_only=True)
     accelerator.wait_for_everyone()
     return prior, summary
@@ -286,8 +287,8 @@ def _final_validation(prior, history: list[dict], val_tokens: torch.Tensor, val_
 def stage_done(output_dir: Path) -> bool:
     """Whether stage 2 already finished in ``output_dir`` (its model exists and its newest checkpoint is the last
     step of its run)."""
-    return (output_dir / PRIOR_SUBFOLDER / "config.json").is_file() and run_finished(
-        output_dir / "checkpoints" / PRIOR_SUBFOLDER)
+    return (output_dir / PRIOR_FOLDER / "config.json").is_file() and run_finished(
+        output_dir / "checkpoints" / PRIOR_FOLDER)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,17 +307,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..models.first_stage import load_first_stage
     from .args import finalize_args, loop_config
     from .data_setup import prepare_data
-    from .train_vqvae import VQVAE_SUBFOLDER
 
     setup_logging()
     args = build_parser().parse_args(argv)
     finalize_args(args)
     data, train_idx, val_idx = prepare_data(args)
-    first_stage = load_first_stage(Path(args.output_dir) / VQVAE_SUBFOLDER)
+    first_stage = load_first_stage(Path(args.output_dir) / VQVAE_FOLDER)
     cfg = loop_config(args, "prior", len(train_idx))
     measure_idx = val_idx or train_idx  # --val_fraction 0: measured on the training images
     _, summary = train_prior_stage(args, cfg, first_stage, data.images[train_idx], data.labels[train_idx],
-                                   data.images[measure_idx], data.labels[measure_idx], data.user_ids)
+                                   data.images[measure_idx], data.labels[measure_idx], data.user_ids,
+                                   colormap=data.colormap)
     out = Path(args.output_dir) / "stage2_summary.json"
     if PartialState().is_main_process:
         out.write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))

@@ -28,7 +28,7 @@ from accelerate.logging import get_logger
 from ..data.augment import circular_time_shift
 from ..errors import UserInputError
 from ..figures import save_curves, save_reconstruction_grid, save_usage_histogram
-from ..layout import VQVAE_FOLDER
+from ..layout import FIGURES_FOLDER, VQVAE_FOLDER
 from ..models.fingerprint import invalidate_dependents
 from ..models.first_stage import build_first_stage
 from ..perceptual import LPIPSUnavailableError, load_pretrained_lpips, lpips_status
@@ -37,8 +37,6 @@ from .loop import LoopConfig, make_accelerator, run_finished, run_training
 
 logger = get_logger(__name__)
 
-VQVAE_SUBFOLDER = VQVAE_FOLDER
-FIGURE_DIR = "figures"
 MAX_EVAL_IMAGES = 512
 
 
@@ -118,7 +116,7 @@ class VQVAEStep:
 def make_vqvae_eval(val_images: torch.Tensor, output_dir: Path, batch_size: int):
     """Evaluation + figures on (up to 512 of) the validation images; ``(model, step, history) -> metrics``."""
     images = val_images[:MAX_EVAL_IMAGES]
-    figures = output_dir / FIGURE_DIR
+    figures = output_dir / FIGURES_FOLDER
 
     def evaluate(model, step: int, history: list[dict]) -> dict[str, float]:
         metrics = tokenizer_metrics(model, images, batch_size)
@@ -191,9 +189,9 @@ def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: t
         model.eval()
         summary["final"] = tokenizer_metrics(model, val_images, cfg.batch_size)
         invalidate_dependents(cfg.output_dir)  # the old prior/ and index belong to the old stage 1
-        save_pretrained_atomic(model, cfg.output_dir / VQVAE_SUBFOLDER)
+        save_pretrained_atomic(model, cfg.output_dir / VQVAE_FOLDER)
         logger.info(f"stage 1 done: val PSNR {summary['final']['psnr']:.2f} dB, codebook usage "
-                    f"{summary['final']['codebook_usage']:.1%}; saved to {cfg.output_dir / VQVAE_SUBFOLDER}",
+                    f"{summary['final']['codebook_usage']:.1%}; saved to {cfg.output_dir / VQVAE_FOLDER}",
                     main_process_only=True)
     accelerator.wait_for_everyone()
     return model, summary
@@ -202,8 +200,8 @@ def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: t
 def stage_done(output_dir: Path) -> bool:
     """Whether stage 1 already finished in ``output_dir`` (its model exists and its newest checkpoint is the last
     step of its run: a killed re-train into a finished folder is continued, not mistaken for the old model)."""
-    return (output_dir / VQVAE_SUBFOLDER / "config.json").is_file() and run_finished(
-        output_dir / "checkpoints" / VQVAE_SUBFOLDER)
+    return (output_dir / VQVAE_FOLDER / "config.json").is_file() and run_finished(
+        output_dir / "checkpoints" / VQVAE_FOLDER)
 
 
 def build_parser() -> argparse.ArgumentParser:
