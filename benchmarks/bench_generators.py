@@ -2,8 +2,9 @@
 
 Method, one run:
 
-1. Train our generator with the real ``train_main.py`` (the CPU preset; ``--data_dir``, ``--num_users``,
-   ``--seed``, ``--vqvae_steps``, ``--prior_steps`` and ``--train_args`` are passed through). Its total wall time
+1. Train our generator with the real ``train_main.py`` (the CPU preset's model at the budget of
+   :data:`BENCH_STEPS` unless told; ``--data_dir``, ``--num_users``, ``--seed``, ``--vqvae_steps``,
+   ``--prior_steps`` and ``--train_args`` are passed through). Its total wall time
    is read from ``training_summary.json`` (``wall_seconds``: data loading, both stages, evaluations, saving).
 2. Train a class-conditional DDPM built from diffusers parts for that many seconds of wall clock (``--ddpm_seconds``
    overrides), in this process, on exactly the model's training split (``load_model_data(model_dir)``):
@@ -20,12 +21,16 @@ Method, one run:
 4. Score both folders with the real ``validate_main.py --model_dir OUR_MODEL`` into one shared output folder, so
    one cached judge (trained on the real training split) scores both, and print one table side by side.
 
+With ``--model_dir`` an already trained model of ours is reused (step 1 is skipped; its seconds come from its
+summary), e.g. to train the DDPM again without training ours again.
+
 Equal wall time is generous to the DDPM: our ``wall_seconds`` also pays for data loading, evaluations and saving,
 which the DDPM spends on optimisation steps (the table shows our two stages' own seconds too).
 
 Run from the repository root::
 
-    python -m benchmarks.bench_generators                                   # CPU preset, 31 users, 10 images/user
+    python -m benchmarks.bench_generators                                   # 600 + 400 steps, 31 users, 10 images/user
+    python -m benchmarks.bench_generators --vqvae_steps 0 --prior_steps 0   # the CPU preset's 2800 + 1300 steps
     python -m benchmarks.bench_generators --num_users 3 --vqvae_steps 20 --prior_steps 20 --samples_per_user 2 \\
         --ddpm_seconds 20 --ddim_steps 5 --threads 1 --train_args "--simulated_per_user 8 --resolution 32"  # smoke
 """
@@ -53,11 +58,16 @@ from vqvae_transformer.data.augment import circular_time_shift
 from vqvae_transformer.data.colormap import scalar_to_rgb
 from vqvae_transformer.data.provenance import load_model_data
 from vqvae_transformer.images import tensor_to_pil
+from vqvae_transformer.layout import SUMMARY_FILE
 from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE
 
 REPORT_KEYS = ("real_test_accuracy", "gan_test_accuracy", "gan_test_ratio", "cas_accuracy", "cas_ratio",
                "domain_fid", "domain_fid_real", "fid_ratio", "diversity_ratio", "memorization_rate")
 """Figures read from ``validation_report.json`` (names of docs/DESIGN.md §4)."""
+BENCH_STEPS = (600, 400)
+"""Default (stage-1, prior) budget of our generator: about a fifth and a third of the CPU preset's 2800 + 1300, so
+that both trainings at equal wall time, the sampling and the scoring fit in an hour on 2 cores (``0 0`` runs the
+preset's budget, about three times as long)."""
 DDPM_BLOCKS = (32, 64, 64)
 """UNet channels per resolution level for 64 px on a 2-core CPU: 64 -> 32 -> 16 px, attention only at 16 px."""
 
@@ -73,8 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_dir", default=None, help="folder of ID_<k>/ images (default: train_main's simulator)")
     g.add_argument("--num_users", type=int, default=None, help="first N users (default: train_main's)")
     g.add_argument("--seed", type=int, default=0, help="seed of both trainings and both samplers (default: 0)")
-    g.add_argument("--vqvae_steps", type=int, default=None, help="stage-1 steps (default: the preset's)")
-    g.add_argument("--prior_steps", type=int, default=None, help="prior steps (default: the preset's)")
+    g.add_argument("--vqvae_steps", type=int, default=BENCH_STEPS[0],
+                   help=f"stage-1 steps (default: {BENCH_STEPS[0]}; 0: the preset's, 2800 on the CPU)")
+    g.add_argument("--prior_steps", type=int, default=BENCH_STEPS[1],
+                   help=f"prior steps (default: {BENCH_STEPS[1]}; 0: the preset's, 1300 on the CPU)")
+    g.add_argument("--model_dir", default=None,
+                   help="reuse this model trained by train_main.py instead of training ours (its training_summary.json "
+                        "gives the seconds; the data flags above are then ignored: the model's own data and split "
+                        "are used)")
     g.add_argument("--train_args", default="",
                    help='further train_main.py flags in one string, e.g. "--simulated_per_user 8 --resolution 32"')
     g = parser.add_argument_group("DDPM")
@@ -107,12 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate_args(args: argparse.Namespace) -> None:
     """Reject impossible values, naming the flag and the value."""
+    if args.model_dir and not (Path(args.model_dir) / SUMMARY_FILE).is_file():
+        raise ValueError(f"--model_dir {args.model_dir} has no {SUMMARY_FILE}; pass a folder written by train_main.py")
     for flag in ("samples_per_user", "ddpm_batch_size", "ddim_steps", "sample_batch_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
-    for flag in ("vqvae_steps", "prior_steps", "num_users"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    for flag in ("vqvae_steps", "prior_steps"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag} must be >= 0 (0: the preset's), got {getattr(args, flag)}")
+    if args.num_users is not None and args.num_users < 1:
+        raise ValueError(f"--num_users must be a positive integer, got {args.num_users}")
     if args.ddpm_seconds is not None and args.ddpm_seconds <= 0:
         raise ValueError(f"--ddpm_seconds must be > 0, got {args.ddpm_seconds}")
     if not 0.0 <= args.label_dropout < 1.0:
@@ -334,12 +354,17 @@ def train_ours(args: argparse.Namespace, model_dir: Path, work: Path) -> dict:
     """Train our generator with ``train_main.py``; returns its summary figures (seconds from the summary)."""
     command = ["train_main.py", "--output_dir", str(model_dir), "--seed", str(args.seed)]
     for flag in ("data_dir", "num_users", "vqvae_steps", "prior_steps"):
-        if getattr(args, flag) is not None:
+        if getattr(args, flag):  # None / 0: train_main's own default
             command += [f"--{flag}", str(getattr(args, flag))]
     command += shlex.split(args.train_args)
     print("training ours: " + " ".join(command), flush=True)
     run_script(command, work / "ours_train.log", args.threads)
-    summary = json.loads((model_dir / "training_summary.json").read_text())
+    return trained_figures(model_dir)
+
+
+def trained_figures(model_dir: Path) -> dict:
+    """Seconds, steps and data size of a model trained by ``train_main.py``, from its ``training_summary.json``."""
+    summary = json.loads((model_dir / SUMMARY_FILE).read_text())
     return {"train_s": summary["wall_seconds"],
             "stages_s": summary["vqvae"]["seconds"] + summary["prior"]["seconds"],
             "steps": f"{summary['vqvae']['steps']} + {summary['prior']['steps']}",
@@ -415,8 +440,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     with work_dir("bench_generators_", args.keep_dir) as work:
-        model_dir = work / "ours"
-        ours = train_ours(args, model_dir, work)
+        if args.model_dir:
+            model_dir = Path(args.model_dir)
+            print(f"reusing our model {model_dir} (trained by train_main.py)", flush=True)
+            ours = trained_figures(model_dir)
+        else:
+            model_dir = work / "ours"
+            ours = train_ours(args, model_dir, work)
         ours |= generate_ours(args, model_dir, work / "ours_gen", work)
         seconds = args.ddpm_seconds if args.ddpm_seconds is not None else ours["train_s"]
         ddpm = run_ddpm(args, model_dir, seconds, ours["time_shift"], work / "ddpm_gen")

@@ -88,3 +88,18 @@ def test_validate_args_rejects_guidance_without_a_null_class():
     with pytest.raises(ValueError, match="null class"):
         validate_args(args)
     validate_args(build_parser().parse_args([]))
+
+
+def test_step_budgets_default_to_the_bench_budget_and_zero_means_the_preset():
+    from benchmarks.bench_generators import BENCH_STEPS
+
+    args = build_parser().parse_args([])
+    assert (args.vqvae_steps, args.prior_steps) == BENCH_STEPS
+    validate_args(build_parser().parse_args(["--vqvae_steps", "0", "--prior_steps", "0"]))  # the preset's budget
+    with pytest.raises(ValueError, match="--prior_steps must be >= 0"):
+        validate_args(build_parser().parse_args(["--prior_steps", "-1"]))
+
+
+def test_model_dir_must_be_a_trained_model(tmp_path):
+    with pytest.raises(ValueError, match="has no training_summary.json"):
+        validate_args(build_parser().parse_args(["--model_dir", str(tmp_path)]))
