@@ -1,25 +1,37 @@
 """Few-shot augmentation benchmark: does adding generated spectrograms help a user classifier trained on k real ones?
 
-For each k (real images per user) and seed: copy the k-shot images of every user into a temporary ``ID_<k>/``
-folder, train the generator on them with the real ``train_main.py`` (a subprocess, reduced steps), generate M
-images per user with the real ``generate_main.py``, then train two classifiers of the judge's architecture with the
-same seed and the same number of optimisation steps:
+The users' question ("if I add your images to my training set, does my classifier get better?"), measured. For each
+k (real images per user, or ``all``: every image of a user outside the test set), each ``--init_from`` (the
+generator trained from scratch, or started from a trained model: ``train_main.py --init_from``) and each seed:
 
-* (a) on the k real images per user,
-* (b) on the k real + M generated images per user,
+1. copy the k-shot images of every user into a temporary ``ID_<k>/`` folder and train the generator on exactly
+   those images with the real ``train_main.py`` (a subprocess, reduced steps, ``--val_fraction 0``);
+2. generate ``--m`` images per user with the real ``generate_main.py``;
+3. train classifiers of the judge's architecture with the same seed, the same augmentation and about the same
+   number of optimisation steps (``--classifier_steps``), one per mixing strategy (``--strategies``):
 
-and test both on the same held-out real images (``--test_per_user`` per user, drawn once with a fixed seed, never
-copied into the generator's folder nor shown to either classifier). Prints accuracy (a), accuracy (b), the gain in
-percentage points and the time of each phase; with several seeds also mean ± std per k.
+   * ``real``     — the k real images only (the baseline every gain is measured against);
+   * ``mix``      — the k real + all M generated images per user;
+   * ``mix_1to1`` — the k real + min(k, M) generated images per user (one generated image per real one);
+   * ``filter``   — the k real + the generated images that the ``real`` classifier (trained on the k real images
+     only: never on test data) attributes to their intended user; the acceptance rate is reported;
+   * ``pretrain`` — half the steps on the generated images, then the other half fine-tuning on the k real ones;
 
-The generator trains on all k images (``train_main.py --val_fraction 0``: its own stage figures are then in-sample).
-The table's ``gen_train`` column is read back from the model's ``training_summary.json``.
+4. test every classifier on the same held-out real images (``--test_per_user`` per user, drawn once with a fixed
+   seed, never copied into the generator's folder nor shown to any classifier).
+
+Prints one row per (k, init, seed) with each strategy's accuracy and gain over ``real`` in percentage points,
+then (several seeds) mean ± std per (k, init) and strategy, and the best strategy. A k larger than some user's
+share of the non-test images is skipped with a note (e.g. k = 20 on 24 images per person with 8 held out).
 
 Run from the repository root::
 
-    python -m benchmarks.bench_augmentation                          # k = 5 and 10, M = 20, seed 0, 31 users
-    python -m benchmarks.bench_augmentation --k 5 --seeds 0 1 2 --json augmentation.json
-    python -m benchmarks.bench_augmentation --num_users 4 --k 5 --m 4 --vqvae_steps 10 --prior_steps 10   # smoke
+    python -m benchmarks.bench_augmentation                          # k = 5, 10, 20, all; seeds 0 1 2; 31 users
+    python -m benchmarks.bench_augmentation --k 5 --seeds 0 --json augmentation.json
+    python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k 5 all   # the users' shape
+    python -m benchmarks.bench_augmentation --init_from none simulator   # with and without simulator transfer
+    python -m benchmarks.bench_augmentation --num_users 4 --k 5 --m 4 --vqvae_steps 10 --prior_steps 10 \
+        --seeds 0 --classifier_steps 10                                  # smoke
 """
 
 from __future__ import annotations
@@ -51,6 +63,10 @@ SIMULATED_SAMPLES_PER_USER = 64
 SIMULATOR_SEED = 0
 TEST_SEED = 12345
 """Seed of the held-out test draw: fixed, so every k and every seed is tested on the same real images."""
+ALL = 0
+"""``--k all`` (every non-test image of each user), stored as 0."""
+STRATEGIES = ("real", "mix", "mix_1to1", "filter", "pretrain")
+"""Ways of training the classifier; ``real`` is the baseline and always runs (see the module docstring)."""
 STDERR_TAIL_LINES = 40
 
 
@@ -61,10 +77,17 @@ STDERR_TAIL_LINES = 40
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--k", type=int, nargs="+", default=[5, 10], help="real images per user (default: 5 10)")
-    parser.add_argument("--m", type=int, default=20, help="generated images per user added to (b) (default: 20)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="seeds of the k-shot draw, the generator and the classifiers (default: 0)")
+    parser.add_argument("--k", type=parse_k, nargs="+", default=[5, 10, 20, ALL],
+                        help="real images per user, or 'all' (every non-test image) (default: 5 10 20 all)")
+    parser.add_argument("--m", type=int, default=20, help="generated images per user (default: 20)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds of the k-shot draw, the generator and the classifiers (default: 0 1 2)")
+    parser.add_argument("--init_from", nargs="+", default=["none"],
+                        help="train_main.py --init_from of the generator, one run per value: none (from scratch), "
+                             "simulator (the default model, built once into the cache: about 20 min) or a model "
+                             "folder (default: none)")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
+                        help="classifier mixing strategies; real always runs (default: all)")
     parser.add_argument("--num_users", type=int, default=SIMULATED_USERS,
                         help=f"first N users of the data (default: {SIMULATED_USERS})")
     parser.add_argument("--data_dir", default=None,
@@ -88,13 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_k(text: str) -> int:
+    """``--k`` value: a positive integer, or ``all`` (:data:`ALL`)."""
+    if text == "all":
+        return ALL
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"k must be a positive integer or 'all', got {text}")
+    return value
+
+
+def k_label(k: int) -> str:
+    """``k`` as printed: the number, or ``all``."""
+    return "all" if k == ALL else str(k)
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Reject impossible values, naming the flag and the value."""
     for flag in ("m", "num_users", "test_per_user", "vqvae_steps", "prior_steps", "classifier_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
-    if min(args.k) < 1:
-        raise ValueError(f"--k values must be positive integers, got {args.k}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.data_dir is None and args.num_users > SIMULATED_USERS:
@@ -113,13 +149,12 @@ def load_benchmark_data(data_dir: str | None, num_users: int) -> SpectrogramData
     return load_image_folder(data_dir, RESOLUTION, num_users=num_users)
 
 
-def split_test_and_pool(labels: torch.Tensor, test_per_user: int, max_k: int) -> tuple[list[int], dict[int, list[int]]]:
+def split_test_and_pool(labels: torch.Tensor, test_per_user: int) -> tuple[list[int], dict[int, list[int]]]:
     """Per user, draw the held-out test images (fixed seed); the rest is the pool the k-shot images come from.
 
     Args:
         labels: ``[N]`` 0-based user labels.
-        test_per_user: test images per user.
-        max_k: the largest k asked for; every user needs ``test_per_user + max_k`` images.
+        test_per_user: test images per user; every user needs at least one image more.
 
     Returns:
         ``(test indices, {label: pool indices in file order})``.
@@ -128,9 +163,9 @@ def split_test_and_pool(labels: torch.Tensor, test_per_user: int, max_k: int) ->
     pool: dict[int, list[int]] = {}
     for label in sorted(set(labels.tolist())):
         members = torch.nonzero(labels == label).flatten().numpy()
-        if len(members) < test_per_user + max_k:
+        if len(members) <= test_per_user:
             raise ValueError(f"user label {label} has {len(members)} images; --test_per_user {test_per_user} "
-                             f"plus k = {max_k} needs {test_per_user + max_k}")
+                             f"leaves none to train on (lower --test_per_user)")
         drawn = np.random.default_rng([TEST_SEED, label]).permutation(members)
         test.extend(int(i) for i in drawn[:test_per_user])
         pool[label] = sorted(int(i) for i in drawn[test_per_user:])
@@ -138,11 +173,18 @@ def split_test_and_pool(labels: torch.Tensor, test_per_user: int, max_k: int) ->
 
 
 def few_shot_indices(pool: dict[int, list[int]], k: int, seed: int) -> list[int]:
-    """The first ``k`` of a per-user permutation seeded by ``(seed, label)`` (so the 5-shot set is in the 10-shot)."""
+    """The first ``k`` of a per-user permutation seeded by ``(seed, label)`` (so the 5-shot set is in the 10-shot);
+    ``k = ALL`` takes the whole pool."""
     chosen: list[int] = []
     for label, members in pool.items():
-        chosen.extend(int(i) for i in np.random.default_rng([seed, label]).permutation(members)[:k])
+        drawn = np.random.default_rng([seed, label]).permutation(members)
+        chosen.extend(int(i) for i in (drawn if k == ALL else drawn[:k]))
     return sorted(chosen)
+
+
+def smallest_pool(pool: dict[int, list[int]]) -> int:
+    """The fewest non-test images any user has (the largest k every user can give)."""
+    return min(len(members) for members in pool.values())
 
 
 def check_disjoint(train_idx: list[int], test_idx: list[int], data: SpectrogramData) -> None:
@@ -204,8 +246,9 @@ def run_script(command: list[str], log_path: Path, threads: int, ok_codes: tuple
     return time.perf_counter() - start
 
 
-def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, seed: int) -> tuple[float, int]:
-    """Train both stages on ``data_dir`` with ``train_main.py``.
+def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, seed: int,
+                    init_from: str = "none") -> tuple[float, int]:
+    """Train both stages on ``data_dir`` with ``train_main.py`` (``--init_from init_from``).
 
     Returns:
         ``(wall seconds, images the generator trained on)`` (the latter from ``training_summary.json``).
@@ -217,6 +260,8 @@ def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, s
                # evaluate (figures, sample grid) and checkpoint once, at the end of each stage: the budget is steps
                "--eval_steps", str(last_step), "--checkpointing_steps", str(last_step)]
     command += ["--val_fraction", "0"]  # the generator trains on all k images
+    if init_from != "none":
+        command += ["--init_from", init_from]
     seconds = run_script(command, model_dir.parent / f"{model_dir.name}_train.log", args.threads)
     summary = json.loads((model_dir / "training_summary.json").read_text())
     return seconds, int(summary["data"]["train_images"])
@@ -237,77 +282,138 @@ def load_generated(folder: Path, data: SpectrogramData) -> tuple[torch.Tensor, t
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Classifiers
+# Classifiers and mixing strategies
 
 
 def classifier_accuracy(images: torch.Tensor, labels: torch.Tensor, num_classes: int, test_images: torch.Tensor,
-                        test_labels: torch.Tensor, seed: int, steps: int) -> dict:
+                        test_labels: torch.Tensor, seed: int, steps: int, init_state: dict | None = None) -> dict:
     """Train a judge-architecture classifier for about ``steps`` steps and test it on the held-out images.
 
     ``epochs=1`` with ``min_steps=steps`` gives every training set the same budget (rounded up to whole epochs).
 
     Returns:
-        ``{"accuracy", "steps", "seconds", "train_images"}``.
+        ``{"accuracy", "steps", "seconds", "train_images", "judge"}``.
     """
     start = time.perf_counter()
-    judge = train_judge(images, labels, num_classes, epochs=1, seed=seed, min_steps=steps)
+    judge = train_judge(images, labels, num_classes, epochs=1, seed=seed, min_steps=steps, init_state=init_state)
     test_accuracy = accuracy(predict(judge, test_images), test_labels)
     steps_per_epoch = max(1, images.shape[0] // judge.settings["batch_size"])
     return {"accuracy": test_accuracy, "steps": judge.epochs_run * steps_per_epoch,
-            "seconds": time.perf_counter() - start, "train_images": int(images.shape[0])}
+            "seconds": time.perf_counter() - start, "train_images": int(images.shape[0]), "judge": judge}
+
+
+def first_per_user(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the first ``count`` entries of every label (all of a label's entries when it has fewer)."""
+    keep = [torch.nonzero(labels == label).flatten()[:count] for label in labels.unique(sorted=True)]
+    return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
+
+
+def attributed_mask(judge, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[G]`` bool: the images ``judge`` attributes to their intended label (the ``filter`` strategy)."""
+    if images.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    return predict(judge, images) == labels
+
+
+def run_strategies(strategies: list[str], real: tuple[torch.Tensor, torch.Tensor],
+                   generated: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                   num_classes: int, k_per_user: int, seed: int, steps: int) -> dict[str, dict]:
+    """Train and test one classifier per strategy (``real`` always first: ``filter`` uses it).
+
+    Args:
+        strategies: names from :data:`STRATEGIES`.
+        real, generated, test: ``(images [N, C, R, R], 0-based labels [N])``.
+        num_classes: users.
+        k_per_user: real images per user (``mix_1to1`` adds as many generated ones, at most all of them).
+        seed, steps: the classifiers' seed and step budget (``pretrain`` splits it in two halves).
+
+    Returns:
+        ``{strategy: {"accuracy", "steps", "seconds", "train_images"[, "acceptance"]}}``.
+    """
+    (real_x, real_y), (gen_x, gen_y), (test_x, test_y) = real, generated, test
+
+    def fit(x, y, budget=steps, init_state=None):
+        return classifier_accuracy(x, y, num_classes, test_x, test_y, seed, budget, init_state)
+
+    results = {"real": fit(real_x, real_y)}
+    if "mix" in strategies:
+        results["mix"] = fit(torch.cat([real_x, gen_x]), torch.cat([real_y, gen_y]))
+    if "mix_1to1" in strategies:
+        chosen = first_per_user(gen_y, k_per_user)
+        results["mix_1to1"] = fit(torch.cat([real_x, gen_x[chosen]]), torch.cat([real_y, gen_y[chosen]]))
+    if "filter" in strategies:
+        kept = attributed_mask(results["real"]["judge"], gen_x, gen_y)
+        results["filter"] = fit(torch.cat([real_x, gen_x[kept]]), torch.cat([real_y, gen_y[kept]]))
+        results["filter"]["acceptance"] = int(kept.sum()) / kept.numel() if kept.numel() else 0.0
+    if "pretrain" in strategies:
+        first = steps // 2
+        pre = classifier_accuracy(gen_x, gen_y, num_classes, test_x, test_y, seed, max(1, first))
+        tuned = fit(real_x, real_y, budget=max(1, steps - first), init_state=pre["judge"].model.state_dict())
+        tuned["steps"] += pre["steps"]
+        tuned["seconds"] += pre["seconds"]
+        results["pretrain"] = tuned
+    for result in results.values():
+        result.pop("judge")
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------
-# One (k, seed) run and the tables
+# One (k, init, seed) run and the tables
 
 
 def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int], pool: dict[int, list[int]],
-            k: int, seed: int, work: Path) -> dict:
-    """Draw the k-shot set, train and sample the generator, train and test both classifiers; returns the row."""
+            k: int, init_from: str, seed: int, work: Path) -> dict:
+    """Draw the k-shot set, train and sample the generator, train and test one classifier per strategy."""
     train_idx = few_shot_indices(pool, k, seed)
     check_disjoint(train_idx, test_idx, data)
-    run_dir = work / f"k{k}_seed{seed}"
+    tag = f"k={k_label(k)} init={init_from} seed={seed}"
+    run_dir = work / f"k{k_label(k)}_init{args.init_from.index(init_from)}_seed{seed}"
     data_dir, model_dir, generated_dir = run_dir / "data", run_dir / "model", run_dir / "generated"
     write_few_shot_folder(data, train_idx, data_dir)
     model_dir.mkdir(parents=True)
 
-    print(f"k={k} seed={seed}: training the generator on {len(train_idx)} images ...", flush=True)
-    train_seconds, generator_images = train_generator(args, data_dir, model_dir, seed)
-    print(f"k={k} seed={seed}: generating {args.m} images per user ...", flush=True)
+    print(f"{tag}: training the generator on {len(train_idx)} images ...", flush=True)
+    train_seconds, generator_images = train_generator(args, data_dir, model_dir, seed, init_from)
+    print(f"{tag}: generating {args.m} images per user ...", flush=True)
     generate_seconds = generate(args, model_dir, generated_dir, seed)
-    generated_images, generated_labels = load_generated(generated_dir, data)
+    generated = load_generated(generated_dir, data)
 
-    test_images, test_labels = data.images[test_idx], data.labels[test_idx]
-    real_images, real_labels = data.images[train_idx], data.labels[train_idx]
-    print(f"k={k} seed={seed}: training the classifiers ...", flush=True)
-    real = classifier_accuracy(real_images, real_labels, data.num_users, test_images, test_labels, seed,
-                               args.classifier_steps)
-    mixed = classifier_accuracy(torch.cat([real_images, generated_images]),
-                                torch.cat([real_labels, generated_labels]), data.num_users, test_images,
-                                test_labels, seed, args.classifier_steps)
-    return {"k": k, "m": args.m, "seed": seed, "users": data.num_users, "test_images": len(test_idx),
-            "generator_train_images": generator_images,
+    print(f"{tag}: training the classifiers ({', '.join(args.strategies)}) ...", flush=True)
+    k_per_user = len(train_idx) // data.num_users if k == ALL else k
+    results = run_strategies(args.strategies, (data.images[train_idx], data.labels[train_idx]), generated,
+                             (data.images[test_idx], data.labels[test_idx]), data.num_users, k_per_user, seed,
+                             args.classifier_steps)
+    base = results["real"]["accuracy"]
+    return {"k": k_label(k), "init_from": init_from, "m": args.m, "seed": seed, "users": data.num_users,
+            "test_images": len(test_idx), "generator_train_images": generator_images,
             "generator_train_per_user": generator_images / data.num_users,
-            "generated_images": int(generated_images.shape[0]),
-            "accuracy_real": real["accuracy"], "accuracy_real_generated": mixed["accuracy"],
-            "gain_pp": 100.0 * (mixed["accuracy"] - real["accuracy"]),
-            "classifier_steps_real": real["steps"], "classifier_steps_real_generated": mixed["steps"],
+            "generated_images": int(generated[0].shape[0]),
+            "accuracy": {name: r["accuracy"] for name, r in results.items()},
+            "gain_pp": {name: 100.0 * (r["accuracy"] - base) for name, r in results.items() if name != "real"},
+            "filter_acceptance": results.get("filter", {}).get("acceptance"),
+            "classifier_steps": {name: r["steps"] for name, r in results.items()},
             "seconds": {"train_generator": train_seconds, "generate": generate_seconds,
-                        "classifier_real": real["seconds"], "classifier_real_generated": mixed["seconds"]}}
+                        **{f"classifier_{name}": r["seconds"] for name, r in results.items()}}}
+
+
+def _strategy_names(rows: list[dict]) -> list[str]:
+    """The strategies present in the rows, in :data:`STRATEGIES` order."""
+    return [name for name in STRATEGIES if name in rows[0]["accuracy"]]
 
 
 def format_rows(rows: list[dict]) -> list[str]:
-    """The results as a Markdown table, one line per (k, seed)."""
-    lines = ["| k | M | seed | gen. trained on /user | acc. real | acc. real+gen | gain (pp) | clf steps a/b "
-             "| train gen (s) | generate (s) | clf a (s) | clf b (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The results as a Markdown table, one line per (k, init, seed): accuracy of each strategy (gain in pp)."""
+    names = _strategy_names(rows)
+    lines = ["| k | init | seed | gen. trained on /user | " + " | ".join(names) + " | filter kept | train gen (s) "
+             "| generate (s) |",
+             "|" + "---|" * (len(names) + 7)]
     for r in rows:
-        s = r["seconds"]
-        lines.append(f"| {r['k']} | {r['m']} | {r['seed']} | {r['generator_train_per_user']:g} "
-                     f"| {r['accuracy_real']:.1%} | {r['accuracy_real_generated']:.1%} | {r['gain_pp']:+.1f} "
-                     f"| {r['classifier_steps_real']}/{r['classifier_steps_real_generated']} "
-                     f"| {s['train_generator']:.0f} | {s['generate']:.0f} | {s['classifier_real']:.0f} "
-                     f"| {s['classifier_real_generated']:.0f} |")
+        cells = [f"{r['accuracy']['real']:.1%}"] + [f"{r['accuracy'][n]:.1%} ({r['gain_pp'][n]:+.1f})"
+                                                     for n in names[1:]]
+        kept = "n/a" if r["filter_acceptance"] is None else f"{r['filter_acceptance']:.0%}"
+        lines.append(f"| {r['k']} | {r['init_from']} | {r['seed']} | {r['generator_train_per_user']:g} | "
+                     + " | ".join(cells) + f" | {kept} | {r['seconds']['train_generator']:.0f} "
+                     f"| {r['seconds']['generate']:.0f} |")
     return lines
 
 
@@ -318,40 +424,46 @@ def _mean_std(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
 
 
 def summarize(rows: list[dict]) -> tuple[list[str], dict]:
-    """Mean ± std over seeds per k (only for k with 2 or more seeds): table lines and a JSON-ready dict."""
-    lines = ["| k | seeds | acc. real (%) | acc. real+gen (%) | gain (pp) |", "|---|---|---|---|---|"]
+    """Mean ± std over seeds per (k, init) (groups of 2 or more seeds): real accuracy and each strategy's gain,
+    and the best strategy by mean gain. Returns table lines and a JSON-ready dict."""
+    names = _strategy_names(rows)
+    lines = ["| k | init | seeds | acc. real (%) | " + " | ".join(f"gain {n} (pp)" for n in names[1:])
+             + " | best |", "|" + "---|" * (len(names) + 4)]
     record: dict = {}
-    for k in sorted({r["k"] for r in rows}):
-        group = [r for r in rows if r["k"] == k]
+    for key in dict.fromkeys((r["k"], r["init_from"]) for r in rows):
+        group = [r for r in rows if (r["k"], r["init_from"]) == key]
         if len(group) < 2:
             continue
-        real = [r["accuracy_real"] for r in group]
-        mixed = [r["accuracy_real_generated"] for r in group]
-        gain = [r["gain_pp"] for r in group]
-        lines.append(f"| {k} | {len(group)} | {_mean_std(real, 100)} | {_mean_std(mixed, 100)} "
-                     f"| {_mean_std(gain):s} |")
-        record[str(k)] = {"seeds": [r["seed"] for r in group],
-                          "accuracy_real": [statistics.mean(real), statistics.stdev(real)],
-                          "accuracy_real_generated": [statistics.mean(mixed), statistics.stdev(mixed)],
-                          "gain_pp": [statistics.mean(gain), statistics.stdev(gain)]}
+        real = [r["accuracy"]["real"] for r in group]
+        gains = {n: [r["gain_pp"][n] for r in group] for n in names[1:]}
+        best = max(gains, key=lambda n: statistics.mean(gains[n])) if gains else "real"
+        lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {_mean_std(real, 100)} | "
+                     + " | ".join(_mean_std(gains[n]) for n in names[1:]) + f" | {best} |")
+        record[f"k={key[0]} init={key[1]}"] = {
+            "seeds": [r["seed"] for r in group], "accuracy_real": [statistics.mean(real), statistics.stdev(real)],
+            "gain_pp": {n: [statistics.mean(v), statistics.stdev(v)] for n, v in gains.items()}, "best": best}
     return (lines if record else []), record
 
 
-def print_report(args: argparse.Namespace, rows: list[dict], total_seconds: float) -> dict:
+def print_report(args: argparse.Namespace, rows: list[dict], skipped: list[str], total_seconds: float) -> dict:
     """Print the settings line, the table and (several seeds) the summary; returns the JSON record."""
     first = rows[0]
     print(f"\nfew-shot augmentation: {first['users']} users, {first['test_images']} held-out real test images "
           f"({args.test_per_user}/user, never seen by the generator or the classifiers); generator "
           f"{args.preset} preset at {RESOLUTION} px, {args.vqvae_steps} + {args.prior_steps} steps, "
-          f"trained on all k images; classifiers: judge CNN, same seed, ~{args.classifier_steps} steps; "
+          f"trained on all k images, M = {args.m} generated per user, guidance {args.guidance_scale}; classifiers: "
+          f"judge CNN, same seed and augmentation, ~{args.classifier_steps} steps; "
           f"threads {args.threads or 'unset'}; {platform.machine()} {os.cpu_count()} cores")
+    print("accuracy on the held-out real images (gain over real only, pp)")
     print("\n".join(format_rows(rows)))
+    for note in skipped:
+        print(note)
     summary_lines, summary = summarize(rows)
     if summary_lines:
         print("\nmean ± std over seeds\n" + "\n".join(summary_lines))
     print(f"\ntotal {total_seconds / 60:.1f} min")
-    return {"settings": {k: v for k, v in vars(args).items() if k != "json"}, "rows": rows, "summary": summary,
-            "total_seconds": total_seconds}
+    return {"settings": {k: v for k, v in vars(args).items() if k != "json"}, "rows": rows, "skipped": skipped,
+            "summary": summary, "total_seconds": total_seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -359,11 +471,21 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     validate_args(args)
     start = time.perf_counter()
+    if "real" not in args.strategies:
+        args.strategies = ["real", *args.strategies]
     data = load_benchmark_data(args.data_dir, args.num_users)
-    test_idx, pool = split_test_and_pool(data.labels, args.test_per_user, max(args.k))
+    test_idx, pool = split_test_and_pool(data.labels, args.test_per_user)
+    largest = smallest_pool(pool)
+    ks = [k for k in dict.fromkeys(args.k) if k == ALL or k <= largest]
+    skipped = [f"k={k}: skipped, a user has only {largest} images outside the test set" for k in args.k
+               if k not in ks]
+    if not ks:
+        raise ValueError(f"--k {' '.join(map(k_label, args.k))}: no k fits; the smallest user has {largest} "
+                         f"images outside the {args.test_per_user} test images per user (try --k all)")
     with work_dir("bench_augmentation_", args.keep_dir) as work:
-        rows = [run_one(args, data, test_idx, pool, k, seed, work) for seed in args.seeds for k in args.k]
-    record = print_report(args, rows, time.perf_counter() - start)
+        rows = [run_one(args, data, test_idx, pool, k, init_from, seed, work)
+                for seed in args.seeds for init_from in args.init_from for k in ks]
+    record = print_report(args, rows, skipped, time.perf_counter() - start)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")

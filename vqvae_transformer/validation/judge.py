@@ -191,6 +191,7 @@ def train_judge(
     input_size: int = DEFAULT_INPUT_SIZE,
     min_steps: int = DEFAULT_MIN_STEPS,
     num_threads: int | None = DEFAULT_THREADS,
+    init_state: dict | None = None,
 ) -> Judge:
     """Train a judge (deterministic for a seed with a fixed thread count, as by default).
 
@@ -207,6 +208,8 @@ def train_judge(
             (a few dozen images make one step per epoch).
         num_threads: torch CPU threads during training (set for the call, then restored); None keeps the
             current setting.
+        init_state: a ``state_dict`` of a judge of the same shape to start from (fine-tuning, e.g. on real
+            images after pre-training on generated ones); None starts from the seed's initialisation.
 
     Returns:
         The trained :class:`Judge` (model in eval mode).
@@ -215,13 +218,13 @@ def train_judge(
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
-        return _train(images, labels, num_classes, epochs, seed, batch_size, lr, input_size, min_steps)
+        return _train(images, labels, num_classes, epochs, seed, batch_size, lr, input_size, min_steps, init_state)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, seed: int, batch_size: int,
-           lr: float, input_size: int, min_steps: int) -> Judge:
+           lr: float, input_size: int, min_steps: int, init_state: dict | None = None) -> Judge:
     """The training loop of :func:`train_judge`."""
     _check_training_inputs(images, labels, num_classes, epochs)
     images = images.float()
@@ -230,12 +233,15 @@ def _train(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = JudgeNet(images.shape[1], num_classes, input_size=input_size)
+    if init_state is not None:
+        model.load_state_dict(init_state)  # strict: a judge of another shape fails here, naming the tensors
     batch_size = min(int(batch_size), images.shape[0])
     steps_per_epoch = max(1, images.shape[0] // batch_size)  # drop the ragged last batch (BatchNorm)
     epochs_run = max(int(epochs), math.ceil(int(min_steps) / steps_per_epoch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    # OneCycleLR divides by its warm-up length (0.2 x total - 1): a few-step run (total 5) would divide by zero
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, pct_start=0.2,
-                                                    total_steps=epochs_run * steps_per_epoch)
+                                                    total_steps=max(epochs_run * steps_per_epoch, 10))
     start = time.perf_counter()
     model.train()
     correct = seen = 0

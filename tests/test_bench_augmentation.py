@@ -1,0 +1,106 @@
+"""The pieces of benchmarks/bench_augmentation.py at tiny size: the k-shot draws (``all`` included) stay disjoint
+from the test set, and each mixing strategy trains on what its name says (``filter`` keeps only the generated
+images the real-only classifier attributes to their user; ``pretrain`` fine-tunes from the generated-data
+classifier). The whole benchmark (real CLIs) is not run here."""
+
+import argparse
+import inspect
+
+import pytest
+import torch
+
+from benchmarks import bench_augmentation as B
+from vqvae_transformer.validation.judge import train_judge
+
+USERS, PER_USER, SIZE = 3, 10, 16
+
+
+@pytest.fixture(scope="module")
+def tiny_sets():
+    """Real, generated and test sets ``(images [N, 1, 16, 16], labels [N])``: each user is a horizontal band at its
+    own height (easy to tell apart); the generated set's last user draws user 0's band (mislabelled samples)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def make(labels, band_of):
+        images = torch.rand(len(labels), 1, SIZE, SIZE, generator=generator) * 0.2 - 1.0
+        for i, label in enumerate(labels.tolist()):
+            top = 2 + 5 * band_of[label]
+            images[i, :, top:top + 3, :] = 1.0
+        return images, labels
+
+    labels = torch.arange(USERS).repeat_interleave(PER_USER)
+    identity = {u: u for u in range(USERS)}
+    real = make(torch.arange(USERS).repeat_interleave(4), identity)
+    generated = make(labels, {**identity, USERS - 1: 0})  # user 2's samples look like user 0
+    test = make(labels, identity)
+    return real, generated, test
+
+
+def test_parse_k_and_labels():
+    assert B.parse_k("5") == 5 and B.parse_k("all") == B.ALL
+    assert B.k_label(B.ALL) == "all" and B.k_label(7) == "7"
+    with pytest.raises(argparse.ArgumentTypeError):
+        B.parse_k("0")
+    assert B.build_parser().parse_args(["--k", "5", "all"]).k == [5, B.ALL]
+
+
+def test_few_shot_draws_are_nested_disjoint_from_test_and_all_takes_the_pool():
+    labels = torch.arange(USERS).repeat_interleave(PER_USER)
+    test, pool = B.split_test_and_pool(labels, test_per_user=4)
+    assert B.smallest_pool(pool) == PER_USER - 4
+    five, three = B.few_shot_indices(pool, 5, seed=1), B.few_shot_indices(pool, 3, seed=1)
+    every = B.few_shot_indices(pool, B.ALL, seed=1)
+    assert set(three) <= set(five) <= set(every) and len(every) == USERS * (PER_USER - 4)
+    assert not set(every) & set(test) and len(test) == USERS * 4
+    with pytest.raises(ValueError, match="leaves none"):
+        B.split_test_and_pool(labels, test_per_user=PER_USER)
+
+
+def test_first_per_user_caps_each_label():
+    labels = torch.tensor([0, 1, 0, 0, 1, 2])
+    chosen = B.first_per_user(labels, 2)
+    assert sorted(chosen.tolist()) == [0, 1, 2, 4, 5]
+
+
+def test_strategies_train_on_what_their_names_say(tiny_sets, monkeypatch):
+    real, generated, test = tiny_sets
+    seen = []
+    original = B.classifier_accuracy
+
+    def recording(*args, **kwargs):
+        bound = inspect.signature(original).bind(*args, **kwargs).arguments
+        seen.append((bound["images"].shape[0], bound.get("init_state") is not None))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(B, "classifier_accuracy", recording)
+    results = B.run_strategies(list(B.STRATEGIES), real, generated, test, USERS, k_per_user=4, seed=0, steps=40)
+    assert set(results) == set(B.STRATEGIES)
+    n_real, n_gen = real[0].shape[0], generated[0].shape[0]
+    sizes = [size for size, _ in seen]
+    assert sizes[:3] == [n_real, n_real + n_gen, n_real + USERS * 4]  # real, mix, mix_1to1 (4 generated per user)
+    # filter: the real-only classifier learnt the bands, so user 2's samples (user 0's band) are dropped
+    assert results["filter"]["train_images"] == n_real + round(results["filter"]["acceptance"] * n_gen)
+    assert results["filter"]["acceptance"] <= (USERS - 1) / USERS + 1e-9
+    assert sizes[-2:] == [n_gen, n_real] and seen[-1][1] and not seen[-2][1]  # pretrain on generated, tune on real
+    assert results["real"]["accuracy"] > 0.9  # the bands are easy: the baseline works
+    assert all("judge" not in r for r in results.values())
+
+
+def test_train_judge_starts_from_init_state():
+    images = torch.rand(8, 1, SIZE, SIZE) * 2 - 1
+    labels = torch.tensor([0, 1] * 4)
+    first = train_judge(images, labels, 2, epochs=1, seed=0, min_steps=3, batch_size=4)
+    state = {k: v.clone() for k, v in first.model.state_dict().items()}
+    tuned = train_judge(images, labels, 2, epochs=1, seed=5, min_steps=1, batch_size=4, lr=1e-12, init_state=state)
+    fresh = train_judge(images, labels, 2, epochs=1, seed=5, min_steps=1, batch_size=4, lr=1e-12)
+    weight = "blocks.0.weight"
+    assert torch.allclose(tuned.model.state_dict()[weight], state[weight], atol=1e-6)
+    assert not torch.allclose(fresh.model.state_dict()[weight], state[weight], atol=1e-3)
+
+
+@pytest.mark.parametrize("images_count, batch_size, steps, total", [(8, 4, 1, 2), (10, 2, 5, 5), (9, 1, 9, 9)])
+def test_train_judge_runs_any_small_step_count(images_count, batch_size, steps, total):
+    """(10, 2, 5) is exactly 5 steps in all: OneCycleLR's warm-up length would be 0 there (it used to crash)."""
+    images, labels = torch.rand(images_count, 1, SIZE, SIZE) * 2 - 1, torch.arange(images_count) % 2
+    judge = train_judge(images, labels, 2, epochs=1, seed=0, min_steps=steps, batch_size=batch_size)
+    assert judge.epochs_run * (images_count // batch_size) == total
