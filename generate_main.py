@@ -6,6 +6,7 @@ Examples::
     python generate_main.py --user_ids 1 3 7 --samples_per_user 50 --seed 1
     python generate_main.py --model_dir org/name              # a model on the Hub (or in the offline cache)
     python generate_main.py --skip_existing                   # resume an interrupted run
+    python generate_main.py --keep_attributed --oversample 3  # keep the samples a real-trained judge attributes
 
 Exit codes: 0 done, 2 a bad flag, model folder or output path (one ``error:`` line on stderr; --debug adds the
 traceback), 130 Ctrl-C, 143 SIGTERM (finished users are kept; --skip_existing resumes).
@@ -27,6 +28,7 @@ from vqvae_transformer.cli import quiet_interrupt_before_run_cli
 quiet_interrupt_before_run_cli()  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
 
 from vqvae_transformer.cli import ArgumentParser, add_debug_flag, run_cli, setup_logging
+from vqvae_transformer.inference.attribution import DEFAULT_OVERSAMPLE
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR, DEFAULT_OUTPUT_DIR, run_generate_cli
 from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
 
@@ -56,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sequences sampled per generate() call; the images depend on it (default: 64)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; the same seed and batch size give identical images (default: 0)")
+    parser.add_argument("--keep_attributed", action="store_true",
+                        help="draw --oversample times as many candidates per user and keep the ones a judge trained "
+                             "on the model's real training split gives the highest probability of their user; "
+                             "acceptance rates per user go into generation_info.json. Needs the model's training "
+                             "data (its data_info.json). gan-test of validate_main.py is then not independent")
+    parser.add_argument("--oversample", type=float, default=None,
+                        help=f"with --keep_attributed: candidates drawn per kept image, >= 1 "
+                             f"(default: {DEFAULT_OVERSAMPLE})")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run; cuda without a GPU is an error (default: auto)")
     parser.add_argument("--overwrite", action="store_true",

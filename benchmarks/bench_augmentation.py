@@ -54,7 +54,7 @@ import torch
 
 from vqvae_transformer.data import SpectrogramData, default_dataset_dir, load_image_folder
 from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE
-from vqvae_transformer.validation.judge import accuracy, predict, train_judge
+from vqvae_transformer.models.judge import accuracy, predict, train_judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESOLUTION = 64

@@ -47,7 +47,7 @@ from vqvae_transformer.figures import to_unit
 from vqvae_transformer.layout import SUMMARY_FILE, VQVAE_FOLDER
 from vqvae_transformer.models.first_stage import load_first_stage
 from vqvae_transformer.validation import metrics as M
-from vqvae_transformer.validation.judge import DEFAULT_EPOCHS, accuracy, predict
+from vqvae_transformer.models.judge import DEFAULT_EPOCHS, accuracy, predict
 from vqvae_transformer.validation.inputs import RealData
 from vqvae_transformer.validation.scores import train_or_load_judge
 

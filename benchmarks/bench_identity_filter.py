@@ -23,7 +23,8 @@ import torch
 
 from benchmarks.bench_augmentation import run_script, work_dir
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR
-from vqvae_transformer.inference.identity_filter import candidates_per_user, select_attributed
+from vqvae_transformer.inference.attribution import candidates_per_user
+from vqvae_transformer.inference.identity_filter import select_attributed
 from vqvae_transformer.images import tensor_to_pil
 from vqvae_transformer.models.pipeline import VQVAETransformerPipeline
 

@@ -28,7 +28,7 @@ from benchmarks.bench_augmentation import run_script, work_dir
 from benchmarks.bench_token_order import data_flags
 from vqvae_transformer.data.provenance import load_model_data
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR
-from vqvae_transformer.validation.judge import DEFAULT_EPOCHS, load_or_train_judge
+from vqvae_transformer.models.judge import DEFAULT_EPOCHS, load_or_train_judge
 from vqvae_transformer.validation.scores import JUDGE_DIR, first_stage_metrics
 
 DEFAULT_SETTINGS = ("32:700:6e-4", "8:2800:4e-4")

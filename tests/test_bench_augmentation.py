@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import bench_augmentation as B
-from vqvae_transformer.validation.judge import train_judge
+from vqvae_transformer.models.judge import train_judge
 
 USERS, PER_USER, SIZE = 3, 10, 16
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqvae_transformer.inference.identity_filter import candidates_per_user, select_attributed
+from vqvae_transformer.inference.attribution import candidates_per_user
+from vqvae_transformer.inference.identity_filter import select_attributed
 from vqvae_transformer.models.prior import (build_prior, build_prior_config, make_prior_batch, user_log_likelihoods,
                                             user_posterior, user_vs_null_log_ratio, vocabulary_from_config)
 

@@ -20,7 +20,7 @@ from vqvae_transformer.cli import run_cli
 from vqvae_transformer.data import load_image_folder, save_split, stratified_split
 from vqvae_transformer.data.provenance import save_data_info
 from vqvae_transformer.models.first_stage import build_first_stage
-from vqvae_transformer.validation.judge import Judge, JudgeNet
+from vqvae_transformer.models.judge import Judge, JudgeNet
 
 TINY = dict(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=8, num_vq_embeddings=32,
             codebook_dim=4, sample_size=16, layers_per_block=1)

@@ -119,7 +119,7 @@ def _check_reconstruction_accuracy(model_dir: Path, out: Path, report: dict) -> 
     decoded tokens."""
     from vqvae_transformer.data.provenance import load_model_data
     from vqvae_transformer.models.first_stage import load_first_stage
-    from vqvae_transformer.validation.judge import load_cached_judge, predict
+    from vqvae_transformer.models.judge import load_cached_judge, predict
     from vqvae_transformer.validation.metrics import domain_fid
 
     data, _, val_idx = load_model_data(model_dir)

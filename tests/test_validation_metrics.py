@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vqvae_transformer.validation import judge as J
+from vqvae_transformer.models import judge as J
 from vqvae_transformer.validation import metrics as M
 
 NUM_CLASSES = 4

@@ -25,3 +25,4 @@ MODEL_CARD = "README.md"
 SAMPLE_GRID = "sample_grid.png"
 FIGURES_FOLDER = "figures"
 CHECKPOINTS_FOLDER = "checkpoints"
+GENERATION_INFO_FILE = "generation_info.json"  # in generate_main's output folder: settings, counts, attribution

@@ -507,7 +507,7 @@ class LatentSpaceAnalyzer:
         the ``worst_k`` images; in the judge's feature space too when a judge is given.
 
         ``psnr`` is over all pixels pooled (as torchmetrics and the validation report compute it),
-        ``psnr_per_image`` per image. With ``judge`` (a :class:`vqvae_transformer.validation.judge.Judge`):
+        ``psnr_per_image`` per image. With ``judge`` (a :class:`vqvae_transformer.models.judge.Judge`):
         ``feature_distance_mean`` (L2 between the penultimate features of each image and its reconstruction),
         ``feature_distance_relative`` (that over the mean distance of real features to their centroid) and
         ``label_agreement`` (share of images whose reconstruction the judge assigns to the same user).
@@ -768,7 +768,7 @@ def _pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @torch.no_grad()
 def _judge_errors(judge, images: torch.Tensor, reconstructions: torch.Tensor) -> dict:
     """Reconstruction error in the judge's feature space (see ``analyze_reconstruction_error_distribution``)."""
-    from ..validation.judge import features, predict
+    from ..models.judge import features, predict
 
     if judge.channels != images.shape[1]:
         raise ValueError(f"the judge reads {judge.channels}-channel images, these have {images.shape[1]}")
@@ -981,7 +981,7 @@ def format_markdown(report: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags of ``python -m vqvae_transformer.analysis.latent_space``."""
     from ..cli import ArgumentParser, add_debug_flag
-    from ..validation.judge import DEFAULT_EPOCHS
+    from ..models.judge import DEFAULT_EPOCHS
 
     parser = ArgumentParser(description="Latent-space analysis of a trained tokenizer and its readiness for a prior.")
     add_model_input_args(parser, "analyse", "latent_analysis", "the report, figures/ or judge/")

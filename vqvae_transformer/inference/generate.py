@@ -33,10 +33,12 @@ import torch
 from ..atomic import write_json_atomic
 from ..errors import UserInputError
 from ..images import GRID_COLUMNS, make_user_grid, tensor_to_pil
-from ..layout import DEFAULT_MODEL_DIR
+from ..layout import DEFAULT_MODEL_DIR, GENERATION_INFO_FILE
 from ..models.fingerprint import PIPELINE_PARTS, check_model_folder
 from ..models.pipeline import (DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE, VQVAETransformerPipeline,
                                resolve_model_folder)
+from .attribution import DEFAULT_OVERSAMPLE, JudgeAttribution, candidates_per_user
+from .attribution import summarize as summarize_attribution
 from ..output_folder import (OutputFolder, clear_stale_staging, make_staging_dir, prepare_output_folder,
                              sigterm_as_keyboard_interrupt)
 
@@ -46,7 +48,7 @@ __all__ = ["DEFAULT_MODEL_DIR", "generate_to_folder", "group_seed", "make_user_g
            "run_generate_cli", "validate_generate_args"]
 
 DEFAULT_OUTPUT_DIR = "generated_images"
-INFO_FILE = "generation_info.json"
+INFO_FILE = GENERATION_INFO_FILE
 GRID_FILE = "grid.png"
 TOOL_NAME = "generate_main.py"
 STAGING_KIND = "tmp"
@@ -144,6 +146,8 @@ def generate_to_folder(
     grid_columns: int = GRID_COLUMNS,
     overwrite: bool = False,
     skip_existing: bool = False,
+    attribution: JudgeAttribution | None = None,
+    oversample: float = 1.0,
 ) -> dict:
     """Generate ``samples_per_user`` images per user and write them in the dataset layout.
 
@@ -169,6 +173,11 @@ def generate_to_folder(
         grid_columns: at most this many samples per user in ``grid.png``.
         overwrite: allow foreign files in ``output_dir`` (they are kept).
         skip_existing: keep users whose images this tool already wrote with the same settings.
+        attribution: with a judge (:class:`~vqvae_transformer.inference.attribution.JudgeAttribution`), draw
+            ``ceil(samples_per_user x oversample)`` candidates per user and keep the ``samples_per_user`` the judge
+            gives the highest probability of the intended user (``generate_main.py --keep_attributed``); the
+            per-user acceptance rates go into the JSON's ``attribution`` block.
+        oversample: candidates drawn per kept image with ``attribution`` (>= 1).
 
     Returns:
         The dict written to ``generation_info.json``.
@@ -186,14 +195,18 @@ def generate_to_folder(
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "guidance_scale": guidance_scale,
                 "batch_size": batch_size, "seed": seed}
     settings = {"model_dir": resolved_model, "samples_per_user": samples_per_user, **sampling}
+    draws = samples_per_user
+    if attribution is not None:
+        draws = candidates_per_user(samples_per_user, oversample)
+        settings["keep_attributed"] = {"method": "judge", "oversample": oversample}
     done = {k for k in ids if skip_existing and _user_complete(folder, k, samples_per_user, settings)}
 
-    seconds, generated = 0.0, []
-    for group in _user_groups(ids, samples_per_user, batch_size):
+    seconds, generated, records = 0.0, [], {}
+    for group in _user_groups(ids, draws, batch_size):
         if all(k in done for k in group):
             continue
         start = time.perf_counter()
-        result = pipeline(user_ids=group, num_images_per_user=samples_per_user, temperature=temperature, top_k=top_k,
+        result = pipeline(user_ids=group, num_images_per_user=draws, temperature=temperature, top_k=top_k,
                           top_p=top_p, guidance_scale=guidance_scale,
                           generator=torch.Generator().manual_seed(group_seed(seed, group)),
                           batch_size=batch_size, output_type="pt")
@@ -201,6 +214,8 @@ def generate_to_folder(
         staging = make_staging_dir(output_dir, STAGING_KIND)
         try:
             _write_user_folders(staging, result.images, result.user_ids)
+            if attribution is not None:  # keep the best-attributed samples_per_user of the draws, in staging
+                records.update(attribution.keep_best(staging, [k for k in group if k not in done], samples_per_user))
             for user_id in group:
                 if user_id not in done:
                     _commit_user(folder, staging, user_id, settings)
@@ -227,6 +242,9 @@ def generate_to_folder(
         "seconds": round(seconds, 3),
         "images_per_second": round(num_generated / seconds, 2) if seconds > 0 else None,
     }
+    if attribution is not None:  # images_per_second counts kept images: the sampling of every candidate is paid
+        info["attribution"] = summarize_attribution(records, oversample)
+        _log_attribution(info["attribution"], samples_per_user)
     folder.record(added=[GRID_FILE, INFO_FILE])
     grid_tmp = output_dir / f".{GRID_FILE}.{os.getpid()}.tmp.png"
     try:
@@ -238,6 +256,21 @@ def generate_to_folder(
     logger.info("wrote %d images for %d users to %s in %.1f s (%.1f images/s); kept %d users already there",
                 num_generated, len(generated), output_dir, seconds, info["images_per_second"] or 0.0, len(done))
     return info
+
+
+def _log_attribution(block: dict, samples_per_user: int) -> None:
+    """One line overall, one warning naming the users where fewer than all kept images are attributed."""
+    if not block["per_user"]:
+        return
+    logger.info("--keep_attributed: the judge attributes %.1f%% of %d candidates to their intended user; %.1f%% of "
+                "the %d kept images", 100 * block["acceptance_rate"], block["candidates"],
+                100 * block["kept_attributed_rate"], block["kept"])
+    short = [f"ID_{k} ({r['kept_attributed']}/{samples_per_user})" for k, r in block["per_user"].items()
+             if r["kept_attributed"] < samples_per_user]
+    if short:
+        logger.warning("--keep_attributed: for %d user(s) fewer than %d kept images are attributed to them: %s; "
+                       "a larger --oversample draws more candidates", len(short), samples_per_user,
+                       ", ".join(short[:10]) + (" ..." if len(short) > 10 else ""))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -280,6 +313,14 @@ def validate_generate_args(args: argparse.Namespace) -> None:
         repeated = sorted({u for u in args.user_ids if args.user_ids.count(u) > 1})
         if repeated:
             raise UserInputError(f"--user_ids lists {repeated} more than once; give each id once")
+    oversample = getattr(args, "oversample", None)
+    if oversample is not None:
+        if not getattr(args, "keep_attributed", False):
+            raise UserInputError(f"--oversample {oversample} only applies with --keep_attributed; add it or drop "
+                                 "--oversample")
+        if not (math.isfinite(oversample) and oversample >= 1):
+            raise UserInputError(f"--oversample must be a finite number >= 1 (candidates per kept image, default "
+                                 f"{DEFAULT_OVERSAMPLE}), got {oversample}")
 
 
 PNG_OVERHEAD_BYTES = 256  # PNG signature, header, end chunk and zlib framing of one small image
@@ -400,13 +441,17 @@ def run_generate_cli(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     pipeline = load_pipeline(args.model_dir, device)
     check_generation_fits(args, pipeline)  # disk and memory, before sampling
+    attribution, oversample = None, 1.0
+    if getattr(args, "keep_attributed", False):
+        oversample = args.oversample if args.oversample is not None else DEFAULT_OVERSAMPLE
+        attribution = JudgeAttribution.for_model(resolve_model_folder(args.model_dir), seed=args.seed)
     try:
         with sigterm_as_keyboard_interrupt():
             return generate_to_folder(
                 pipeline, args.output_dir, samples_per_user=args.samples_per_user, user_ids=args.user_ids,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale,
                 batch_size=args.batch_size, seed=args.seed, model_dir=args.model_dir, overwrite=overwrite,
-                skip_existing=skip_existing,
+                skip_existing=skip_existing, attribution=attribution, oversample=oversample,
             )
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -1,4 +1,7 @@
-"""Keep the samples the prior itself attributes to their intended user (``generate_main.py --oversample``).
+"""Keep the samples the prior itself attributes to their intended user.
+
+Library and ``benchmarks/bench_identity_filter.py`` only: measured without gain on identity (docs/DESIGN.md,
+"The prior as a classifier of its own samples"), so ``generate_main.py`` has no flag for it.
 
 The prior is a generative classifier: ``log p(grid | user)`` for every user
 (:func:`~vqvae_transformer.models.prior.user_log_likelihoods`) gives, with a uniform prior over users, the
@@ -13,7 +16,6 @@ arg-max; the *acceptance rate*), and the posterior of the kept samples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -40,13 +42,6 @@ class UserFilterReport:
     def to_dict(self) -> dict:
         """JSON-ready record (``generation_info.json``)."""
         return {**asdict(self), "acceptance_rate": self.acceptance_rate}
-
-
-def candidates_per_user(num_images: int, oversample: float) -> int:
-    """Candidates to draw per user for ``num_images`` kept ones (``ceil(num_images * oversample)``)."""
-    if not oversample >= 1.0 or not math.isfinite(oversample):
-        raise ValueError(f"oversample must be a finite number >= 1, got {oversample!r}")
-    return int(math.ceil(num_images * oversample))
 
 
 @torch.no_grad()

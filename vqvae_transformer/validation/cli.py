@@ -22,7 +22,7 @@ from ..errors import UserInputError, require_folder
 from ..layout import DEFAULT_MODEL_DIR, FIGURES_FOLDER
 from ..models.fingerprint import check_model_folder, read_json_file
 from ..output_folder import prepare_output_folder
-from .judge import DEFAULT_EPOCHS
+from ..models.judge import DEFAULT_EPOCHS
 from .report import REPORT_JSON, REPORT_MD, run_validation
 from .scores import JUDGE_DIR
 from .thresholds import Thresholds

@@ -14,7 +14,7 @@ from ..data import SpectrogramData, load_image_folder, scan_user_folders, strati
 from ..data.folder import DECODE_ERRORS
 from ..data.provenance import DATA_INFO_FILE, load_model_data
 from ..errors import UserInputError
-from ..layout import MODEL_INDEX, VQVAE_FOLDER
+from ..layout import GENERATION_INFO_FILE, MODEL_INDEX, VQVAE_FOLDER
 
 
 @dataclasses.dataclass
@@ -149,3 +149,19 @@ def _check_image_sizes(files: dict[int, list[Path]], resolution: int) -> None:
 def _short(values: Sequence[int], limit: int = 8) -> str:
     values = list(values)
     return ", ".join(map(str, values[:limit])) + (f", ... (+{len(values) - limit} more)" if len(values) > limit else "")
+
+
+def generated_selection(generated_dir: str | Path) -> dict | None:
+    """How the generated images were selected, from ``generation_info.json``'s ``attribution`` block
+    (``generate_main.py --keep_attributed``); None for plain samples or a folder without that file."""
+    path = Path(generated_dir) / GENERATION_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path} cannot be read ({err}); regenerate the folder with generate_main.py") from None
+    block = record.get("attribution") if isinstance(record, dict) else None
+    if not isinstance(block, dict):
+        return None
+    return {key: block.get(key) for key in ("method", "oversample", "acceptance_rate", "kept_attributed_rate")}

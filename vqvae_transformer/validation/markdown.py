@@ -63,6 +63,18 @@ def _report_ci(report: dict, key: str) -> list | None:
     return None if entry is None else [entry["ci_low"], entry["ci_high"]]
 
 
+def _selection_lines(selection: dict | None) -> list[str]:
+    """A caveat paragraph when the generated images were selected by a judge (``--keep_attributed``)."""
+    if not selection:
+        return []
+    rate = selection.get("acceptance_rate")
+    return [f"**Selected samples:** these images were kept by `generate_main.py --keep_attributed` (a "
+            f"{selection.get('method')}, {selection.get('oversample')} candidates per kept image, acceptance rate "
+            f"{_fmt(rate)}). The judge that scores gan-test has the same architecture and training images, so "
+            "gan-test is not an independent measure here; CAS (a classifier trained on these images, tested on real "
+            "ones) is.", ""]
+
+
 def render_markdown(report: dict) -> str:
     """The human-readable report: verdict, threshold table, metric table with meanings, per-user table, figures."""
     s = report["settings"]
@@ -77,6 +89,7 @@ def render_markdown(report: dict) -> str:
         f"Scope: {s['scope']}. Images: {report['counts']['train']} real training, {report['counts']['validation']} "
         f"real validation, {report['counts']['generated']} generated. Seed {s['seed']}, {report['seconds']} s.",
         "",
+        *_selection_lines(report.get("generated_selection")),
         "## Thresholds",
         "",
         "| check | metric | value | limit | result |",

@@ -20,7 +20,7 @@ from scipy import stats
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ..perceptual import LPIPSUnavailableError, load_pretrained_lpips, lpips_status
-from .judge import DEFAULT_EPOCHS, Judge, JudgeFeatureExtractor, accuracy, predict, train_judge
+from ..models.judge import DEFAULT_EPOCHS, Judge, JudgeFeatureExtractor, accuracy, predict, train_judge
 
 logger = logging.getLogger(__name__)
 

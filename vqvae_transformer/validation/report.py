@@ -20,8 +20,8 @@ from ..data import SpectrogramData
 from ..errors import UserInputError
 from ..layout import FIGURES_FOLDER
 from . import metrics as M
-from .inputs import RealData, load_generated, load_real_data, model_facts
-from .judge import DEFAULT_EPOCHS, Judge
+from .inputs import RealData, generated_selection, load_generated, load_real_data, model_facts
+from ..models.judge import DEFAULT_EPOCHS, Judge
 from .markdown import render_markdown
 from .report_figures import write_figures
 from .scores import compute_metrics, first_stage_metrics, json_value, train_or_load_judge
@@ -78,6 +78,7 @@ def run_validation(
                              "or pass --generated_data_dir")
     real = load_real_data(model_dir, facts, real_data_dir, seed, val_fraction)
     generated = load_generated(generated_dir, real.data, facts["user_ids"])
+    selection = generated_selection(generated_dir)
     target_label = _target_label(target_user_id, generated, real.data)
 
     judge = train_or_load_judge(real, output_dir, judge_epochs, seed, use_judge_cache)
@@ -92,6 +93,7 @@ def run_validation(
                        dict(model_dir=str(model_dir), generated_dir=str(generated_dir),
                             real_data_dir=None if real_data_dir is None else str(real_data_dir), seed=seed,
                             judge_epochs=judge_epochs, cas_epochs=cas_epochs, val_fraction=val_fraction))
+    report["generated_selection"] = selection  # None: plain samples; else gan-test is not independent
     report["figures"] = write_figures(output_dir / FIGURES_FOLDER, report, extras, real.data)
     report["seconds"] = round(time.perf_counter() - start, 2)
     write_report(output_dir, report)

@@ -15,7 +15,7 @@ from ..models.first_stage import load_first_stage
 from ..models.reconstruction import tokenizer_metrics_and_reconstructions
 from . import metrics as M
 from .inputs import RealData
-from .judge import Judge, accuracy, features, load_or_train_judge, predict
+from ..models.judge import Judge, accuracy, features, load_or_train_judge, predict
 
 JUDGE_DIR = "judge"
 """Sub-folder of a validation output folder where the judge is cached."""

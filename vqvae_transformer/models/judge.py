@@ -1,4 +1,5 @@
-"""The judge: a small CNN user classifier trained on real training images (docs/DESIGN.md §4, §7).
+"""The judge: a small CNN user classifier trained on real training images (docs/DESIGN.md §4, §7). Validation
+scores with it, and ``generate_main.py --keep_attributed`` ranks candidates with it, so it lives in ``models/``.
 
 Architecture: 4 conv blocks (32-64-128-128 channels; 3×3 conv, BatchNorm, ReLU, 2×2 max-pool), global average
 pooling, a penultimate feature layer (linear + ReLU, :data:`FEATURE_DIM` wide) and a linear head. Its penultimate
