@@ -221,6 +221,22 @@ def work_dir(prefix: str, keep: bool):
             shutil.rmtree(work, ignore_errors=True)
 
 
+def parse_with_quick(parser: argparse.ArgumentParser, argv: list[str] | None, quick: dict) -> argparse.Namespace:
+    """Parse ``argv``; with ``--quick``, parse again with ``quick`` as the defaults (flags given still win)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "quick", False):
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
+
+def quick_help(quick: dict) -> str:
+    """``--quick``'s help: the settings it uses."""
+    settings = " ".join(f"--{key} {' '.join(map(str, v)) if isinstance(v, list) else repr(v) if isinstance(v, str) else v}"
+                        for key, v in quick.items())
+    return f"a smoke run of a minute or two (the tests run it): {settings}; flags given explicitly still win"
+
+
 def run_script(command: list[str], log_path: Path, threads: int, ok_codes: tuple[int, ...] = (0,)) -> float:
     """Run ``python <command>`` in the repository root, output to ``log_path``; returns its wall seconds.
 

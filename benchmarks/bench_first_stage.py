@@ -24,8 +24,7 @@ Run from the repository root::
 
     python -m benchmarks.bench_first_stage                                   # the CPU preset's stage-1 budget
     python -m benchmarks.bench_first_stage --data_dir small_data             # the users' shape
-    python -m benchmarks.bench_first_stage --num_users 3 --vqvae_steps 20 --train_args "--simulated_per_user 8 \
-        --resolution 32" --judge_epochs 2                                    # smoke run (a minute)
+    python -m benchmarks.bench_first_stage --quick                           # smoke run (a minute; see QUICK)
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from benchmarks.bench_augmentation import run_script, work_dir
+from benchmarks.bench_augmentation import parse_with_quick, quick_help, run_script, work_dir
 from vqvae_transformer.analysis.latent_space import LatentSpaceAnalyzer
 from vqvae_transformer.data.provenance import load_model_data
 from vqvae_transformer.figures import to_unit
@@ -52,6 +51,8 @@ from vqvae_transformer.validation.inputs import RealData
 from vqvae_transformer.validation.scores import train_or_load_judge
 
 KINDS = ("vq", "kl", "plain")
+QUICK = {"num_users": 3, "vqvae_steps": 20, "train_args": "--simulated_per_user 8 --resolution 32", "judge_epochs": 2}
+"""``--quick``: 3 users, 8 simulated recordings each at 32 px, 20 steps, a 2-epoch judge."""
 COLUMNS = ("PSNR dB", "SSIM", "LPIPS", "judge on recon", "recon FID", "usage", "readiness", "s/step")
 
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS / torch threads (0: unset)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--keep_dir", action="store_true", help="keep the trained models")
+    parser.add_argument("--quick", action="store_true", help=quick_help(QUICK))
     return parser
 
 
@@ -171,7 +173,7 @@ def _cell(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Train the first stages, measure them, print the table."""
-    args = build_parser().parse_args(argv)
+    args = parse_with_quick(build_parser(), argv, QUICK)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# host: {platform.node()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "

@@ -31,8 +31,7 @@ Run from the repository root::
 
     python -m benchmarks.bench_generators                                   # 600 + 400 steps, 31 users, 10 images/user
     python -m benchmarks.bench_generators --vqvae_steps 0 --prior_steps 0   # the CPU preset's 2800 + 1300 steps
-    python -m benchmarks.bench_generators --num_users 3 --vqvae_steps 20 --prior_steps 20 --samples_per_user 2 \\
-        --ddpm_seconds 20 --ddim_steps 5 --threads 1 --train_args "--simulated_per_user 8 --resolution 32"  # smoke
+    python -m benchmarks.bench_generators --quick                          # smoke run (a minute or two; see QUICK)
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
-from benchmarks.bench_augmentation import run_script, work_dir
+from benchmarks.bench_augmentation import parse_with_quick, quick_help, run_script, work_dir
 from vqvae_transformer.data.augment import circular_time_shift
 from vqvae_transformer.data.colormap import scalar_to_rgb
 from vqvae_transformer.data.provenance import load_model_data
@@ -68,6 +67,9 @@ BENCH_STEPS = (600, 400)
 """Default (stage-1, prior) budget of our generator: about a fifth and a third of the CPU preset's 2800 + 1300, so
 that both trainings at equal wall time, the sampling and the scoring fit in an hour on 2 cores (``0 0`` runs the
 preset's budget, about three times as long)."""
+QUICK = {"num_users": 3, "vqvae_steps": 20, "prior_steps": 20, "samples_per_user": 2, "ddpm_seconds": 20.0,
+         "ddim_steps": 5, "threads": 1, "train_args": "--simulated_per_user 8 --resolution 32"}
+"""``--quick``: 3 users, 8 simulated recordings each at 32 px, 20 + 20 steps, a 20-second DDPM, 5 DDIM steps."""
 DDPM_BLOCKS = (32, 64, 64)
 """UNet channels per resolution level for 64 px on a 2-core CPU: 64 -> 32 -> 16 px, attention only at 16 px."""
 
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OMP_NUM_THREADS of the subprocesses and torch.set_num_threads here (0: unset)")
     g.add_argument("--json", default=None, help="also write the settings and rows to this JSON file")
     g.add_argument("--keep_dir", action="store_true", help="keep the temporary models and images (path printed)")
+    g.add_argument("--quick", action="store_true", help=quick_help(QUICK))
     return parser
 
 
@@ -434,7 +437,7 @@ def format_table(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Train both generators, sample and score both, print the table, optionally write the JSON."""
-    args = build_parser().parse_args(argv)
+    args = parse_with_quick(build_parser(), argv, QUICK)
     validate_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,0 +1,46 @@
+"""The first-stage and generator benchmarks end to end with ``--quick`` (the real CLIs, 3 tiny users): every row of
+the table is printed and the JSON holds a figure in every column that applies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(module: str, tmp_path: Path) -> tuple[str, dict]:
+    out = tmp_path / "result.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, "-m", module, "--quick", "--json", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout, json.loads(out.read_text())
+
+
+def test_bench_first_stage_quick(tmp_path):
+    stdout, record = _run("benchmarks.bench_first_stage", tmp_path)
+    assert set(record["rows"]) == {"vq", "kl", "plain"}
+    for kind, row in record["rows"].items():
+        assert f"| {kind} |" in stdout
+        for column in ("PSNR dB", "SSIM", "judge on recon", "recon FID", "readiness", "s/step"):
+            assert row[column] is not None and row[column] == row[column], (kind, column)  # measured, not NaN
+        assert (row["usage"] is None) == (kind == "plain")  # the plain VAE has no codebook
+    assert 0 <= record["real_accuracy"] <= 1
+
+
+def test_bench_generators_quick(tmp_path):
+    stdout, record = _run("benchmarks.bench_generators", tmp_path)
+    assert record["settings"]["ddpm_seconds"] == 20.0 and record["settings"]["num_users"] == 3  # --quick's values
+    names = [row["name"] for row in record["rows"]]
+    assert len(names) == 2 and names[0].startswith("ours") and names[1].startswith("DDPM")
+    for row in record["rows"]:
+        assert row["images"] == 3 * 2 and row["images_per_s"] > 0
+        for key in ("gan_test_accuracy", "domain_fid", "fid_ratio", "diversity_ratio", "memorization_rate"):
+            assert row[key] is not None, (row["name"], key)
+        assert row["name"].split(" ")[0] in stdout
+    ours, ddpm = record["rows"]
+    assert abs(ddpm["train_s"] - 20.0) < 15  # the DDPM trained for --ddpm_seconds of wall clock
