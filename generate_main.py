@@ -25,7 +25,8 @@ from typing import Sequence
 
 from vqvae_transformer.cli import quiet_interrupt_before_run_cli
 
-quiet_interrupt_before_run_cli()  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
+if __name__ == "__main__":  # run as a script (an import, e.g. by the tests, changes no handler)
+    quiet_interrupt_before_run_cli()  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
 
 from vqvae_transformer.cli import ArgumentParser, add_debug_flag, run_cli, setup_logging
 from vqvae_transformer.inference.attribution import DEFAULT_OVERSAMPLE

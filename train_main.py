@@ -8,7 +8,8 @@ import sys
 
 from vqvae_transformer.cli import quiet_interrupt_before_run_cli
 
-quiet_interrupt_before_run_cli()  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
+if __name__ == "__main__":  # run as a script (an import, e.g. by the tests, changes no handler)
+    quiet_interrupt_before_run_cli()  # Ctrl-C while the libraries load (seconds): one line, like anywhere else
 
 from vqvae_transformer.cli import run_cli
 from vqvae_transformer.training.main import main

@@ -448,3 +448,24 @@ def test_ctrl_c_while_the_libraries_load_prints_one_line(script):
         pytest.skip("the imports finished within a second on this machine")
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == "interrupted"
+
+
+def test_sigint_exits_from_its_handler_until_run_cli_restores_python_s():
+    """Between quiet_interrupt_before_run_cli() and run_cli, SIGINT is handled without raising (a KeyboardInterrupt
+    inside a compiled extension's initialisation can abort the process); run_cli gives Ctrl-C back to Python."""
+    import signal
+    import sys
+
+    from vqvae_transformer import cli
+
+    before, hook = signal.getsignal(signal.SIGINT), sys.excepthook
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        cli.quiet_interrupt_before_run_cli()
+        assert signal.getsignal(signal.SIGINT) is cli._exit_interrupted
+        seen = []
+        assert cli.run_cli(lambda argv: seen.append(signal.getsignal(signal.SIGINT)), []) == 0
+        assert seen == [signal.default_int_handler]
+    finally:
+        signal.signal(signal.SIGINT, before)
+        sys.excepthook = hook

@@ -88,14 +88,28 @@ def _interrupted_hook(exc_type, exc, tb, _previous=sys.excepthook) -> None:
     _previous(exc_type, exc, tb)
 
 
+def _exit_interrupted(signum, frame) -> None:
+    """SIGINT while the libraries load: one line and exit 130 at once, without raising. A KeyboardInterrupt raised
+    while a compiled extension initialises can abort the process instead (seen: pybind11's ``error_already_set``
+    ends in ``terminate``, exit -6)."""
+    sys.stdout.flush()
+    print("interrupted", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
 def quiet_interrupt_before_run_cli() -> None:
     """Make a Ctrl-C that reaches the top level (while a CLI imports its libraries, before :func:`run_cli` takes
     over) print ``interrupted`` and exit 130 instead of a traceback; every other exception keeps its traceback.
 
     Called first thing by the three scripts, and by the package itself under ``python -m vqvae_transformer.<tool>``.
-    The exit is immediate (``os._exit``): at that point nothing has been written that would need cleaning up.
+    The exit is immediate (``os._exit``): at that point nothing has been written that would need cleaning up. Until
+    :func:`run_cli` starts, SIGINT exits from its handler, so no KeyboardInterrupt can be raised inside a compiled
+    extension's initialisation; ``run_cli`` restores Python's handler (training loops catch KeyboardInterrupt to
+    save a checkpoint).
     """
     sys.excepthook = _interrupted_hook
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_interrupted)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -170,6 +184,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         The process exit code (``main``'s return value, 0 when it returns None).
     """
     argv, debug = split_debug_flag(argv)
+    if signal.getsignal(signal.SIGINT) is _exit_interrupted:  # the libraries are loaded: Ctrl-C raises again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = signal.getsignal(signal.SIGTERM)
     handle_term = previous in (signal.SIG_DFL, None)
     if handle_term:
