@@ -498,9 +498,13 @@ def main(argv: list[str] | None = None) -> None:
     if not ks:
         raise ValueError(f"--k {' '.join(map(k_label, args.k))}: no k fits; the smallest user has {largest} "
                          f"images outside the {args.test_per_user} test images per user (try --k all)")
+    rows = []
     with work_dir("bench_augmentation_", args.keep_dir) as work:
-        rows = [run_one(args, data, test_idx, pool, k, init_from, seed, work)
-                for seed in args.seeds for init_from in args.init_from for k in ks]
+        for seed in args.seeds:
+            for init_from in args.init_from:
+                for k in ks:
+                    rows.append(run_one(args, data, test_idx, pool, k, init_from, seed, work))
+                    print("row done: " + format_rows(rows[-1:])[-1], flush=True)  # a long run shows each row
     record = print_report(args, rows, skipped, time.perf_counter() - start)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
