@@ -80,11 +80,16 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _print_interrupted_and_exit(code: int) -> None:
+    """``interrupted`` on stderr, then exit at once (nothing written yet needs cleaning up)."""
+    sys.stdout.flush()
+    print("interrupted", file=sys.stderr, flush=True)
+    os._exit(code)
+
+
 def _interrupted_hook(exc_type, exc, tb, _previous=sys.excepthook) -> None:
     if issubclass(exc_type, KeyboardInterrupt):
-        sys.stdout.flush()
-        print("interrupted", file=sys.stderr, flush=True)
-        os._exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
+        _print_interrupted_and_exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
     _previous(exc_type, exc, tb)
 
 
@@ -92,9 +97,7 @@ def _exit_interrupted(signum, frame) -> None:
     """SIGINT while the libraries load: one line and exit 130 at once, without raising. A KeyboardInterrupt raised
     while a compiled extension initialises can abort the process instead (seen: pybind11's ``error_already_set``
     ends in ``terminate``, exit -6)."""
-    sys.stdout.flush()
-    print("interrupted", file=sys.stderr, flush=True)
-    os._exit(128 + signum)
+    _print_interrupted_and_exit(128 + signum)
 
 
 def quiet_interrupt_before_run_cli() -> None:

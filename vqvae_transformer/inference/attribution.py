@@ -122,7 +122,7 @@ class JudgeAttribution:
             kept_p = p_intended[kept]
             records[int(user_id)] = {
                 "candidates": len(members), "attributed": int(attributed[members].sum()),
-                "acceptance_rate": float(attributed[members].float().mean()), "kept": keep,
+                "acceptance_rate": int(attributed[members].sum()) / len(members), "kept": keep,
                 "kept_attributed": int(attributed[kept].sum()),
                 "kept_min_probability": float(kept_p.min()), "kept_mean_probability": float(kept_p.mean())}
         return records

@@ -37,10 +37,10 @@ from ..layout import DEFAULT_MODEL_DIR, GENERATION_INFO_FILE
 from ..models.fingerprint import PIPELINE_PARTS, check_model_folder
 from ..models.pipeline import (DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE, VQVAETransformerPipeline,
                                resolve_model_folder)
-from .attribution import DEFAULT_OVERSAMPLE, JudgeAttribution, candidates_per_user
-from .attribution import summarize as summarize_attribution
 from ..output_folder import (OutputFolder, clear_stale_staging, make_staging_dir, prepare_output_folder,
                              sigterm_as_keyboard_interrupt)
+from .attribution import DEFAULT_OVERSAMPLE, JudgeAttribution, candidates_per_user
+from .attribution import summarize as summarize_attribution
 
 logger = logging.getLogger(__name__)
 
