@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oversample", type=float, default=None,
                         help=f"with --keep_attributed: candidates drawn per kept image, >= 1 "
                              f"(default: {DEFAULT_OVERSAMPLE})")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="variations of real recordings: each image starts from a random real training image of "
+                             "its user (the model's training split, circularly time-shifted), keeps its first "
+                             "1 - S of the time axis as codes and lets the prior write the rest; in (0, 1], 1 = "
+                             "from nothing. Needs the model's training data (its data_info.json); which recording "
+                             "each image started from goes into generation_info.json (default: 1)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run; cuda without a GPU is an error (default: auto)")
     parser.add_argument("--overwrite", action="store_true",

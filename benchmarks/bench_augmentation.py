@@ -6,7 +6,8 @@ generator trained from scratch, or started from a trained model: ``train_main.py
 
 1. copy the k-shot images of every user into a temporary ``ID_<k>/`` folder and train the generator on exactly
    those images with the real ``train_main.py`` (a subprocess, reduced steps, ``--val_fraction 0``);
-2. generate ``--m`` images per user with the real ``generate_main.py``;
+2. generate ``--m`` images per user with the real ``generate_main.py``, once per ``--strength`` (1: sampled from
+   nothing; below 1: variations of the generator's own k training images, ``generate_main.py --strength``);
 3. train classifiers of the judge's architecture with the same seed, the same augmentation and about the same
    number of optimisation steps (``--classifier_steps``), one per mixing strategy (``--strategies``):
 
@@ -20,8 +21,8 @@ generator trained from scratch, or started from a trained model: ``train_main.py
 4. test every classifier on the same held-out real images (``--test_per_user`` per user, drawn once with a fixed
    seed, never copied into the generator's folder nor shown to any classifier).
 
-Prints one row per (k, init, seed) with each strategy's accuracy and gain over ``real`` in percentage points,
-then (several seeds) mean ± std per (k, init) and strategy, and the best strategy. A k larger than some user's
+Prints one row per (k, init, strength, seed) with each strategy's accuracy and gain over ``real`` in percentage
+points, then (several seeds) mean ± std per (k, init, strength) and strategy, and the best strategy. A k larger than some user's
 share of the non-test images is skipped with a note (e.g. k = 20 on 24 images per person with 8 held out).
 
 Run from the repository root::
@@ -30,6 +31,7 @@ Run from the repository root::
     python -m benchmarks.bench_augmentation --k 5 --seeds 0 --json augmentation.json
     python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k 5 all   # the users' shape
     python -m benchmarks.bench_augmentation --init_from none simulator   # with and without simulator transfer
+    python -m benchmarks.bench_augmentation --k 5 --strength 1 0.5      # plain samples and variations
     python -m benchmarks.bench_augmentation --num_users 4 --k 5 --m 4 --vqvae_steps 10 --prior_steps 10 \
         --seeds 0 --classifier_steps 10                                  # smoke
 """
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -102,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train_main preset for every other model setting; resolution stays 64 (default: cpu)")
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                         help=f"generate_main's --guidance_scale (default: {DEFAULT_GUIDANCE_SCALE}, its own default)")
+    parser.add_argument("--strength", type=float, nargs="+", default=[1.0],
+                        help="generate_main's --strength, one set of generated images (and of classifiers) per "
+                             "value: < 1 makes variations of the generator's own k training images (default: 1, "
+                             "plain sampling)")
     parser.add_argument("--classifier_steps", type=int, default=300,
                         help="optimisation steps of each classifier, rounded up to whole epochs (default: 300)")
     parser.add_argument("--threads", type=int, default=0,
@@ -133,6 +140,9 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    bad = [v for v in args.strength if not (math.isfinite(v) and 0.0 < v <= 1.0)]
+    if bad:
+        raise ValueError(f"--strength must be in (0, 1], got {bad[0]}")
     if args.data_dir is None and args.num_users > SIMULATED_USERS:
         raise ValueError(f"--num_users {args.num_users}: the simulated default has {SIMULATED_USERS} users")
 
@@ -283,10 +293,13 @@ def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, s
     return seconds, int(summary["data"]["train_images"])
 
 
-def generate(args: argparse.Namespace, model_dir: Path, output_dir: Path, seed: int) -> float:
-    """Generate ``--m`` images per user with ``generate_main.py`` into ``output_dir``; returns wall seconds."""
+def generate(args: argparse.Namespace, model_dir: Path, output_dir: Path, seed: int, strength: float = 1.0) -> float:
+    """Generate ``--m`` images per user with ``generate_main.py`` into ``output_dir`` (``--strength strength``:
+    variations of the generator's training images when < 1); returns wall seconds."""
     command = ["generate_main.py", "--model_dir", str(model_dir), "--output_dir", str(output_dir),
                "--samples_per_user", str(args.m), "--seed", str(seed), "--guidance_scale", str(args.guidance_scale)]
+    if strength != 1.0:
+        command += ["--strength", str(strength)]
     return run_script(command, output_dir.parent / f"{output_dir.name}.log", args.threads)
 
 
@@ -378,30 +391,35 @@ def run_strategies(strategies: list[str], real: tuple[torch.Tensor, torch.Tensor
 
 
 def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int], pool: dict[int, list[int]],
-            k: int, init_from: str, seed: int, work: Path) -> dict:
-    """Draw the k-shot set, train and sample the generator, train and test one classifier per strategy."""
+            k: int, init_from: str, seed: int, work: Path) -> list[dict]:
+    """Draw the k-shot set, train the generator; per ``--strength``, sample it and train and test one classifier
+    per strategy. Returns one row per strength."""
     train_idx = few_shot_indices(pool, k, seed)
     check_disjoint(train_idx, test_idx, data)
     tag = f"k={k_label(k)} init={init_from} seed={seed}"
     run_dir = work / f"k{k_label(k)}_init{args.init_from.index(init_from)}_seed{seed}"
-    data_dir, model_dir, generated_dir = run_dir / "data", run_dir / "model", run_dir / "generated"
+    data_dir, model_dir = run_dir / "data", run_dir / "model"
     write_few_shot_folder(data, train_idx, data_dir)
     model_dir.mkdir(parents=True)
 
     print(f"{tag}: training the generator on {len(train_idx)} images ...", flush=True)
     train_seconds, generator_images = train_generator(args, data_dir, model_dir, seed, init_from)
-    print(f"{tag}: generating {args.m} images per user ...", flush=True)
-    generate_seconds = generate(args, model_dir, generated_dir, seed)
-    generated = load_generated(generated_dir, data)
+    rows = []
+    for number, strength in enumerate(args.strength):
+        generated_dir = run_dir / f"generated{number}"
+        print(f"{tag}: generating {args.m} images per user (strength {strength:g}) ...", flush=True)
+        generate_seconds = generate(args, model_dir, generated_dir, seed, strength)
+        generated = load_generated(generated_dir, data)
 
-    print(f"{tag}: training the classifiers ({', '.join(args.strategies)}) ...", flush=True)
-    k_per_user = len(train_idx) // data.num_users if k == ALL else k
-    results = run_strategies(args.strategies, (data.images[train_idx], data.labels[train_idx]), generated,
-                             (data.images[test_idx], data.labels[test_idx]), data.num_users, k_per_user, seed,
-                             args.classifier_steps)
-    base = results["real"]["accuracy"]
-    return {"k": k_label(k), "init_from": init_from, "m": args.m, "seed": seed, "users": data.num_users,
-            "test_images": len(test_idx), "generator_train_images": generator_images,
+        print(f"{tag}: training the classifiers ({', '.join(args.strategies)}) ...", flush=True)
+        k_per_user = len(train_idx) // data.num_users if k == ALL else k
+        results = run_strategies(args.strategies, (data.images[train_idx], data.labels[train_idx]), generated,
+                                 (data.images[test_idx], data.labels[test_idx]), data.num_users, k_per_user, seed,
+                                 args.classifier_steps)
+        base = results["real"]["accuracy"]
+        rows.append({
+            "k": k_label(k), "init_from": init_from, "strength": strength, "m": args.m, "seed": seed,
+            "users": data.num_users, "test_images": len(test_idx), "generator_train_images": generator_images,
             "generator_train_per_user": generator_images / data.num_users,
             "generated_images": int(generated[0].shape[0]),
             "accuracy": {name: r["accuracy"] for name, r in results.items()},
@@ -409,7 +427,8 @@ def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int]
             "filter_acceptance": results.get("filter", {}).get("acceptance"),
             "classifier_steps": {name: r["steps"] for name, r in results.items()},
             "seconds": {"train_generator": train_seconds, "generate": generate_seconds,
-                        **{f"classifier_{name}": r["seconds"] for name, r in results.items()}}}
+                        **{f"classifier_{name}": r["seconds"] for name, r in results.items()}}})
+    return rows
 
 
 def _strategy_names(rows: list[dict]) -> list[str]:
@@ -420,17 +439,22 @@ def _strategy_names(rows: list[dict]) -> list[str]:
 def format_rows(rows: list[dict]) -> list[str]:
     """The results as a Markdown table, one line per (k, init, seed): accuracy of each strategy (gain in pp)."""
     names = _strategy_names(rows)
-    lines = ["| k | init | seed | gen. trained on /user | " + " | ".join(names) + " | filter kept | train gen (s) "
-             "| generate (s) |",
-             "|" + "---|" * (len(names) + 7)]
+    lines = ["| k | init | strength | seed | gen. trained on /user | " + " | ".join(names)
+             + " | filter kept | train gen (s) | generate (s) |",
+             "|" + "---|" * (len(names) + 8)]
     for r in rows:
         cells = [f"{r['accuracy']['real']:.1%}"] + [f"{r['accuracy'][n]:.1%} ({r['gain_pp'][n]:+.1f})"
                                                      for n in names[1:]]
         kept = "n/a" if r["filter_acceptance"] is None else f"{r['filter_acceptance']:.0%}"
-        lines.append(f"| {r['k']} | {r['init_from']} | {r['seed']} | {r['generator_train_per_user']:g} | "
+        lines.append(f"| {r['k']} | {r['init_from']} | {_strength(r):g} | {r['seed']} | {r['generator_train_per_user']:g} | "
                      + " | ".join(cells) + f" | {kept} | {r['seconds']['train_generator']:.0f} "
                      f"| {r['seconds']['generate']:.0f} |")
     return lines
+
+
+def _strength(row: dict) -> float:
+    """The row's ``--strength`` (rows written before the flag existed are plain sampling)."""
+    return row.get("strength", 1.0)
 
 
 def _mean_std(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
@@ -440,22 +464,22 @@ def _mean_std(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
 
 
 def summarize(rows: list[dict]) -> tuple[list[str], dict]:
-    """Mean ± std over seeds per (k, init) (groups of 2 or more seeds): real accuracy and each strategy's gain,
-    and the best strategy by mean gain. Returns table lines and a JSON-ready dict."""
+    """Mean ± std over seeds per (k, init, strength) (groups of 2 or more seeds): real accuracy and each
+    strategy's gain, and the best strategy by mean gain. Returns table lines and a JSON-ready dict."""
     names = _strategy_names(rows)
-    lines = ["| k | init | seeds | acc. real (%) | " + " | ".join(f"gain {n} (pp)" for n in names[1:])
-             + " | best |", "|" + "---|" * (len(names) + 4)]
+    lines = ["| k | init | strength | seeds | acc. real (%) | " + " | ".join(f"gain {n} (pp)" for n in names[1:])
+             + " | best |", "|" + "---|" * (len(names) + 5)]
     record: dict = {}
-    for key in dict.fromkeys((r["k"], r["init_from"]) for r in rows):
-        group = [r for r in rows if (r["k"], r["init_from"]) == key]
+    for key in dict.fromkeys((r["k"], r["init_from"], _strength(r)) for r in rows):
+        group = [r for r in rows if (r["k"], r["init_from"], _strength(r)) == key]
         if len(group) < 2:
             continue
         real = [r["accuracy"]["real"] for r in group]
         gains = {n: [r["gain_pp"][n] for r in group] for n in names[1:]}
         best = max(gains, key=lambda n: statistics.mean(gains[n])) if gains else "real"
-        lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {_mean_std(real, 100)} | "
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {len(group)} | {_mean_std(real, 100)} | "
                      + " | ".join(_mean_std(gains[n]) for n in names[1:]) + f" | {best} |")
-        record[f"k={key[0]} init={key[1]}"] = {
+        record[f"k={key[0]} init={key[1]} strength={key[2]:g}"] = {
             "seeds": [r["seed"] for r in group], "accuracy_real": [statistics.mean(real), statistics.stdev(real)],
             "gain_pp": {n: [statistics.mean(v), statistics.stdev(v)] for n, v in gains.items()}, "best": best}
     return (lines if record else []), record
@@ -503,8 +527,10 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for init_from in args.init_from:
                 for k in ks:
-                    rows.append(run_one(args, data, test_idx, pool, k, init_from, seed, work))
-                    print("row done: " + format_rows(rows[-1:])[-1], flush=True)  # a long run shows each row
+                    done = run_one(args, data, test_idx, pool, k, init_from, seed, work)
+                    rows.extend(done)
+                    for line in format_rows(done)[2:]:
+                        print("row done: " + line, flush=True)  # a long run shows each row
     record = print_report(args, rows, skipped, time.perf_counter() - start)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

@@ -104,3 +104,29 @@ def test_train_judge_runs_any_small_step_count(images_count, batch_size, steps, 
     images, labels = torch.rand(images_count, 1, SIZE, SIZE) * 2 - 1, torch.arange(images_count) % 2
     judge = train_judge(images, labels, 2, epochs=1, seed=0, min_steps=steps, batch_size=batch_size)
     assert judge.epochs_run * (images_count // batch_size) == total
+
+
+def _row(strength, seed, real, mix):
+    return {"k": "5", "init_from": "none", "strength": strength, "seed": seed, "generator_train_per_user": 5,
+            "accuracy": {"real": real, "mix": mix}, "gain_pp": {"mix": 100 * (mix - real)},
+            "filter_acceptance": None, "seconds": {"train_generator": 1.0, "generate": 1.0}}
+
+
+def test_rows_and_summary_are_per_strength():
+    rows = [_row(1.0, 0, 0.5, 0.4), _row(0.5, 0, 0.5, 0.6), _row(1.0, 1, 0.7, 0.5), _row(0.5, 1, 0.7, 0.8)]
+    table = B.format_rows(rows)
+    assert table[0].startswith("| k | init | strength | seed |") and "| 5 | none | 0.5 | 0 | 5 |" in table[3]
+    lines, record = B.summarize(rows)
+    assert sorted(record) == ["k=5 init=none strength=0.5", "k=5 init=none strength=1"]
+    assert record["k=5 init=none strength=0.5"]["gain_pp"]["mix"][0] == pytest.approx(10.0)
+    assert record["k=5 init=none strength=1"]["gain_pp"]["mix"][0] == pytest.approx(-15.0)
+    assert record["k=5 init=none strength=1"]["best"] == "mix" and len(lines) == 4
+
+
+def test_strength_flag_is_checked():
+    args = B.build_parser().parse_args(["--strength", "1", "0.5"])
+    assert args.strength == [1.0, 0.5]
+    B.validate_args(args)
+    for bad in ("0", "1.5", "nan"):
+        with pytest.raises(ValueError, match="--strength"):
+            B.validate_args(B.build_parser().parse_args(["--strength", bad]))

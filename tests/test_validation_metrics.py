@@ -299,3 +299,14 @@ def test_kid_is_near_zero_for_one_gaussian_and_grows_with_the_shift():
     assert same.ci_low <= same.estimate <= same.ci_high
     real_floor, _ = M.kernel_distance_real(reference, torch.arange(200) % 4, subsets=20)
     assert abs(real_floor.estimate) < shifts[0]
+
+
+def test_the_real_accuracy_limit_follows_the_validation_split():
+    from vqvae_transformer.validation.thresholds import Thresholds, real_accuracy_limit, resolve_thresholds
+
+    assert real_accuracy_limit(5)[0] == 0.80 and real_accuracy_limit(4.5)[0] == 0.80
+    assert real_accuracy_limit(6)[0] == 0.90 and real_accuracy_limit(26)[0] == 0.90
+    resolved, rule = resolve_thresholds(Thresholds(), 5)
+    assert resolved.min_real_accuracy == 0.80 and "5 validation images per user" in rule
+    given, rule = resolve_thresholds(Thresholds(min_real_accuracy=0.95), 5)
+    assert given.min_real_accuracy == 0.95 and rule is None

@@ -101,7 +101,8 @@ class JudgeAttribution:
 
         Returns:
             ``{user id: record}`` with ``candidates``, ``attributed``, ``acceptance_rate``, ``kept``,
-            ``kept_attributed``, ``kept_min_probability`` and ``kept_mean_probability``.
+            ``kept_attributed``, ``kept_min_probability``, ``kept_mean_probability`` and ``kept_candidates`` (the
+            draw index, 0-based, of each kept image ``gen_0000.png`` …).
         """
         paths, ids, p_intended, attributed = self.intended_probabilities(staging)
         records: dict[int, dict] = {}
@@ -124,7 +125,8 @@ class JudgeAttribution:
                 "candidates": len(members), "attributed": int(attributed[members].sum()),
                 "acceptance_rate": int(attributed[members].sum()) / len(members), "kept": keep,
                 "kept_attributed": int(attributed[kept].sum()),
-                "kept_min_probability": float(kept_p.min()), "kept_mean_probability": float(kept_p.mean())}
+                "kept_min_probability": float(kept_p.min()), "kept_mean_probability": float(kept_p.mean()),
+                "kept_candidates": order}
         return records
 
 

@@ -41,6 +41,8 @@ from ..output_folder import (OutputFolder, clear_stale_staging, make_staging_dir
                              sigterm_as_keyboard_interrupt)
 from .attribution import DEFAULT_OVERSAMPLE, JudgeAttribution, candidates_per_user
 from .attribution import summarize as summarize_attribution
+from .variations import SOURCE as VARIATION_SOURCE
+from .variations import TrainingSources
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +150,8 @@ def generate_to_folder(
     skip_existing: bool = False,
     attribution: JudgeAttribution | None = None,
     oversample: float = 1.0,
+    sources: TrainingSources | None = None,
+    strength: float = 1.0,
 ) -> dict:
     """Generate ``samples_per_user`` images per user and write them in the dataset layout.
 
@@ -178,6 +182,11 @@ def generate_to_folder(
             gives the highest probability of the intended user (``generate_main.py --keep_attributed``); the
             per-user acceptance rates go into the JSON's ``attribution`` block.
         oversample: candidates drawn per kept image with ``attribution`` (>= 1).
+        sources: with the model's training recordings (:class:`~vqvae_transformer.inference.variations.
+            TrainingSources`), every image starts from one of its user's, drawn at random and time-shifted, and
+            the prior writes ``strength`` of its token grid (``generate_main.py --strength``); which recording
+            and shift go into the JSON's ``variations`` block.
+        strength: in ``(0, 1]``, with ``sources``; see :meth:`VQVAETransformerPipeline.__call__`.
 
     Returns:
         The dict written to ``generation_info.json``.
@@ -194,6 +203,9 @@ def generate_to_folder(
     resolved_model = model_dir if model_dir is not None else pipeline.config.get("_name_or_path")
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "guidance_scale": guidance_scale,
                 "batch_size": batch_size, "seed": seed}
+    if sources is not None:
+        sources.check_users(ids)
+        sampling["strength"] = strength
     settings = {"model_dir": resolved_model, "samples_per_user": samples_per_user, **sampling}
     draws = samples_per_user
     if attribution is not None:
@@ -201,15 +213,20 @@ def generate_to_folder(
         settings["keep_attributed"] = {"method": "judge", "oversample": oversample}
     done = {k for k in ids if skip_existing and _user_complete(folder, k, samples_per_user, settings)}
 
-    seconds, generated, records = 0.0, [], {}
+    seconds, generated, records, origins = 0.0, [], {}, {}
     for group in _user_groups(ids, draws, batch_size):
         if all(k in done for k in group):
             continue
         start = time.perf_counter()
+        image = None
+        if sources is not None:  # one training recording per draw, user-major like the pipeline's requests
+            image, drawn = sources.draw([k for k in group for _ in range(draws)], group_seed(seed, group))
+            for i, user_id in enumerate(group):
+                origins[user_id] = drawn[i * draws:(i + 1) * draws]
         result = pipeline(user_ids=group, num_images_per_user=draws, temperature=temperature, top_k=top_k,
                           top_p=top_p, guidance_scale=guidance_scale,
                           generator=torch.Generator().manual_seed(group_seed(seed, group)),
-                          batch_size=batch_size, output_type="pt")
+                          batch_size=batch_size, output_type="pt", image=image, strength=strength)
         seconds += time.perf_counter() - start
         staging = make_staging_dir(output_dir, STAGING_KIND)
         try:
@@ -245,6 +262,9 @@ def generate_to_folder(
     if attribution is not None:  # images_per_second counts kept images: the sampling of every candidate is paid
         info["attribution"] = summarize_attribution(records, oversample)
         _log_attribution(info["attribution"], samples_per_user)
+    if sources is not None:  # per user, the recording each draw started from (kept_candidates maps kept images)
+        info["variations"] = {"strength": strength, "source": VARIATION_SOURCE,
+                              "per_user": {str(k): origins[k] for k in sorted(origins)}}
     folder.record(added=[GRID_FILE, INFO_FILE])
     grid_tmp = output_dir / f".{GRID_FILE}.{os.getpid()}.tmp.png"
     try:
@@ -313,6 +333,10 @@ def validate_generate_args(args: argparse.Namespace) -> None:
         repeated = sorted({u for u in args.user_ids if args.user_ids.count(u) > 1})
         if repeated:
             raise UserInputError(f"--user_ids lists {repeated} more than once; give each id once")
+    strength = getattr(args, "strength", None)
+    if strength is not None and not (math.isfinite(strength) and 0.0 < strength <= 1.0):
+        raise UserInputError(f"--strength must be in (0, 1] (the share of each image the prior writes; 1 = from "
+                             f"nothing), got {strength}")
     oversample = getattr(args, "oversample", None)
     if oversample is not None:
         if not getattr(args, "keep_attributed", False):
@@ -441,7 +465,10 @@ def run_generate_cli(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     pipeline = load_pipeline(args.model_dir, device)
     check_generation_fits(args, pipeline)  # disk and memory, before sampling
-    attribution, oversample = None, 1.0
+    attribution, oversample, sources = None, 1.0, None
+    strength = getattr(args, "strength", None)
+    if strength is not None and strength < 1.0:
+        sources = TrainingSources.for_model(resolve_model_folder(args.model_dir))
     if getattr(args, "keep_attributed", False):
         oversample = args.oversample if args.oversample is not None else DEFAULT_OVERSAMPLE
         attribution = JudgeAttribution.for_model(resolve_model_folder(args.model_dir), seed=args.seed)
@@ -451,7 +478,8 @@ def run_generate_cli(args: argparse.Namespace) -> dict:
                 pipeline, args.output_dir, samples_per_user=args.samples_per_user, user_ids=args.user_ids,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale,
                 batch_size=args.batch_size, seed=args.seed, model_dir=args.model_dir, overwrite=overwrite,
-                skip_existing=skip_existing, attribution=attribution, oversample=oversample,
+                skip_existing=skip_existing, attribution=attribution, oversample=oversample, sources=sources,
+                strength=strength if sources is not None else 1.0,
             )
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -51,7 +51,7 @@ from ..layout import MODEL_INDEX, PRIOR_FOLDER, VQVAE_FOLDER
 from . import first_stage as first_stage_module
 from .fingerprint import check_model_folder
 from .first_stage import VQFirstStage, KLFirstStage
-from .prior import sample_tokens, vocabulary_from_config
+from .prior import grid_to_sequence, sample_tokens, token_order_of, vocabulary_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -404,6 +404,8 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         batch_size: int = 64,
         output_type: str = "pil",
         return_dict: bool = True,
+        image: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> VQVAETransformerPipelineOutput | tuple:
         """Generate ``num_images_per_user`` images for each requested user.
 
@@ -437,6 +439,14 @@ class VQVAETransformerPipeline(DiffusionPipeline):
                 tensor ``[N, h, w]`` on the CPU, not decoded; ``pipe.vqvae.decode_tokens`` decodes them).
                 Images go through ``diffusers.image_processor.VaeImageProcessor.postprocess``.
             return_dict: return a :class:`VQVAETransformerPipelineOutput` (else ``(images, user_ids)``).
+            image: optional source recordings, one per requested image (user-major order), a float tensor
+                ``[N, C, R, R]`` as the first stage takes them (the model's channels, resolution and
+                ``value_range``). Each is encoded to codes and the start of its code sequence is kept: the prior
+                writes the rest (variations of a recording, as diffusers' image-to-image pipelines take an
+                ``image`` and a ``strength``).
+            strength: in ``(0, 1]``, the share of the token grid the prior writes when ``image`` is given: the
+                first ``round((1 - strength) x w)`` token columns (time order: the start of the recording; rows
+                for a row-order prior) are kept from ``image``. 1 keeps nothing (plain sampling).
 
         Returns:
             :class:`VQVAETransformerPipelineOutput` with ``images`` (as ``output_type`` says) and the public
@@ -455,16 +465,22 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         all_labels = [label for label in labels for _ in range(num_images_per_user)]  # user-major order
         generators = self._image_generators(generator, len(all_labels))
         device = self._execution_device
+        kept = self._kept_lines(strength, image, len(all_labels))
 
         outputs = []
         for start in self.progress_bar(range(0, len(all_labels), batch_size)):
             chunk = all_labels[start:start + batch_size]
             chunk_generators = [g if isinstance(g, torch.Generator) else torch.Generator().manual_seed(g)
                                 for g in generators[start:start + batch_size]]
+            prefix = None
+            if kept:
+                sources = image[start:start + batch_size].to(device=device, dtype=self.vqvae.dtype)  # (B, C, R, R)
+                codes = grid_to_sequence(self.vqvae.encode_to_tokens(sources), token_order_of(self.prior.config))
+                prefix = codes[:, :kept * self._token_lines()[1]]  # (B, P): the first `kept` columns (or rows)
             try:
                 tokens = sample_tokens(self.prior, chunk, temperature=temperature, top_k=top_k, top_p=top_p,
                                        guidance_scale=guidance_scale, generator=chunk_generators,
-                                       device=device)  # (B, h, w)
+                                       device=device, prefix=prefix)  # (B, h, w)
             except ValueError as err:  # bad sampling settings: the user's to fix
                 raise UserInputError(str(err)) from err
             if output_type == "latent":
@@ -480,6 +496,38 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         if not return_dict:
             return result, public_ids
         return VQVAETransformerPipelineOutput(images=result, user_ids=public_ids)
+
+    def _token_lines(self) -> tuple[int, int]:
+        """``(lines, codes per line)`` in the prior's reading order: token columns (column order) or rows, the unit
+        :meth:`__call__` keeps from an ``image``."""
+        h, w = self.prior.config.token_grid
+        return (w, h) if token_order_of(self.prior.config) == "column" else (h, w)
+
+    def _kept_lines(self, strength: float, image: torch.Tensor | None, count: int) -> int:
+        """Token columns (rows for a row-order prior) kept from ``image`` for ``strength``; 0 without an image.
+
+        Raises:
+            UserInputError: ``strength`` outside ``(0, 1]``, so small that nothing is left to write, without an
+                ``image``, or an ``image`` of the wrong type or shape.
+        """
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < float(strength) <= 1.0:
+            raise UserInputError(f"strength must be in (0, 1] (the share of the token grid the prior writes), got "
+                                 f"{strength!r}")
+        if image is None:
+            if float(strength) != 1.0:
+                raise UserInputError(f"strength {strength} needs an image to start from; pass image= or strength=1")
+            return 0
+        lines = self._token_lines()[0]
+        expected = (count, self.vqvae.config.in_channels, int(self.config.resolution), int(self.config.resolution))
+        if not isinstance(image, torch.Tensor) or not image.is_floating_point() or tuple(image.shape) != expected:
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise UserInputError(f"image must be a float tensor of shape {expected} (one source per requested image, "
+                                 f"as the first stage takes them), got {got}")
+        kept = int(round((1.0 - float(strength)) * lines))
+        if kept >= lines:
+            raise UserInputError(f"strength {strength} keeps all {lines} token lines of the image, leaving nothing to "
+                                 f"write; use a strength of at least {1 / lines:.3g}")
+        return kept
 
     # ------------------------------------------------------------------ sharing
 

@@ -450,6 +450,7 @@ def sample_tokens(
     seed: int | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     device: torch.device | str | None = None,
+    prefix: torch.Tensor | None = None,
 ) -> torch.LongTensor:
     """Sample token grids for the given users with one batched ``generate()`` call.
 
@@ -475,6 +476,9 @@ def sample_tokens(
         generator: instead of ``seed``: one ``torch.Generator`` for the whole batch, or a list of ``B`` (one per
             sequence, on any device).
         device: where the prompts are built (the pipeline's execution device); defaults to ``prior.device``.
+        prefix: optional ``(B, P)`` codes, ``0 < P < h*w``, in the prior's token order (:func:`grid_to_sequence`):
+            each sequence starts with them and the prior writes only the remaining ``h*w - P`` codes; with
+            guidance the unconditional branch sees the same prefix after the null user.
 
     Returns:
         ``(B, h, w)`` int64 code indices in ``[0, K)``, a row-major grid whatever the prior's token order.
@@ -505,6 +509,15 @@ def sample_tokens(
     if labels.dim() != 1 or labels.numel() == 0:
         raise ValueError(f"labels must be a non-empty 1-D sequence of user indices, got shape {tuple(labels.shape)}")
     prompt = vocab.user_token(labels).to(device)[:, None]  # (B, 1), validates the label range
+    if prefix is not None:
+        prefix = torch.as_tensor(prefix)
+        if prefix.dim() != 2 or prefix.shape[0] != prompt.shape[0] or not 0 < prefix.shape[1] < num_tokens:
+            raise ValueError(f"prefix must be (B={prompt.shape[0]}, P) codes with 0 < P < {num_tokens}, got shape "
+                             f"{tuple(prefix.shape)}")
+        if prefix.is_floating_point() or not bool(vocab.is_code(prefix).all()):
+            raise ValueError(f"prefix must hold integer codes in [0, {vocab.codebook_size})")
+        prompt = torch.cat([prompt, prefix.long().to(device)], dim=1)  # (B, 1 + P)
+    num_new = num_tokens - (prompt.shape[1] - 1)
     if generator is not None and seed is not None:
         raise ValueError("pass seed or generator, not both")
     if isinstance(generator, (list, tuple)) and len(generator) != prompt.shape[0]:
@@ -527,8 +540,8 @@ def sample_tokens(
 
     gen_kwargs: dict = dict(
         attention_mask=torch.ones_like(prompt),
-        max_new_tokens=num_tokens,
-        min_new_tokens=num_tokens,
+        max_new_tokens=num_new,
+        min_new_tokens=num_new,
         **sampling,
         logits_processor=transformers.LogitsProcessorList(processors),
         use_cache=use_cache,
@@ -539,8 +552,10 @@ def sample_tokens(
     if guidance_scale != 1.0:
         # Without negative_prompt_ids the unconditional branch would reuse the user token (docs/DESIGN.md §7).
         gen_kwargs["guidance_scale"] = float(guidance_scale)
-        gen_kwargs["negative_prompt_ids"] = torch.full_like(prompt, vocab.null_token)  # (B, 1)
-        gen_kwargs["negative_prompt_attention_mask"] = torch.ones_like(prompt)
+        negative = prompt.clone()
+        negative[:, 0] = vocab.null_token  # (B, 1 + P): the null user, then the same prefix
+        gen_kwargs["negative_prompt_ids"] = negative
+        gen_kwargs["negative_prompt_attention_mask"] = torch.ones_like(negative)
 
     if seed is not None:
         fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -554,7 +569,7 @@ def sample_tokens(
         with rng:
             if seed is not None:
                 torch.manual_seed(seed)
-            sequences = prior.generate(prompt, **gen_kwargs)  # (B, 1 + T)
+            sequences = prior.generate(prompt, **gen_kwargs)  # (B, 1 + T): user, prefix, new codes
     finally:
         prior.train(was_training)
 

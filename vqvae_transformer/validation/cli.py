@@ -25,7 +25,8 @@ from ..output_folder import prepare_output_folder
 from ..models.judge import DEFAULT_EPOCHS
 from .report import REPORT_JSON, REPORT_MD, run_validation
 from .scores import JUDGE_DIR
-from .thresholds import Thresholds
+from .thresholds import (REAL_ACCURACY_LIMIT, SMALL_VALIDATION_PER_USER, SMALL_VALIDATION_REAL_ACCURACY_LIMIT,
+                         Thresholds)
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("thresholds (exit code 1 when one fails)")
     for field in dataclasses.fields(Thresholds):
         default = getattr(defaults, field.name)
+        shown = default if default is not None else (
+            f"{REAL_ACCURACY_LIMIT}, or {SMALL_VALIDATION_REAL_ACCURACY_LIMIT} with at most "
+            f"{SMALL_VALIDATION_PER_USER} validation images per user")
         group.add_argument(f"--{field.name}", type=float, default=default,
-                           help=f"{_THRESHOLD_HELP[field.name]} (default: {default})")
+                           help=f"{_THRESHOLD_HELP[field.name]} (default: {shown})")
     add_debug_flag(parser)
     return parser
 

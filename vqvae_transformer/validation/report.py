@@ -15,6 +15,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from ..atomic import write_text_atomic
 from ..data import SpectrogramData
 from ..errors import UserInputError
@@ -25,7 +27,7 @@ from ..models.judge import DEFAULT_EPOCHS, Judge
 from .markdown import render_markdown
 from .report_figures import write_figures
 from .scores import compute_metrics, first_stage_metrics, json_value, train_or_load_judge
-from .thresholds import Thresholds, check_thresholds
+from .thresholds import Thresholds, check_thresholds, resolve_thresholds
 
 logger = logging.getLogger(__name__)
 REPORT_JSON = "validation_report.json"
@@ -88,12 +90,17 @@ def run_validation(
     values.update(first_stage_metrics(model_dir, real.data.images[real.val_idx], real.data.labels[real.val_idx],
                                       judge, reasons))
 
+    per_user_counts = torch.bincount(real.data.labels[real.val_idx], minlength=real.data.num_users).float()
+    thresholds, rule = resolve_thresholds(thresholds, float(per_user_counts[per_user_counts > 0].median()))
+    if rule:
+        logger.info("thresholds: %s", rule)
     checks = check_thresholds(values, thresholds)
     report = _assemble(values, reasons, extras, checks, thresholds, real, generated, judge, target_user_id,
                        dict(model_dir=str(model_dir), generated_dir=str(generated_dir),
                             real_data_dir=None if real_data_dir is None else str(real_data_dir), seed=seed,
                             judge_epochs=judge_epochs, cas_epochs=cas_epochs, val_fraction=val_fraction))
     report["generated_selection"] = selection  # None: plain samples; else gan-test is not independent
+    report["threshold_rule"] = rule  # why min_real_accuracy has its value (None: given on the command line)
     report["figures"] = write_figures(output_dir / FIGURES_FOLDER, report, extras, real.data)
     report["seconds"] = round(time.perf_counter() - start, 2)
     write_report(output_dir, report)

@@ -9,7 +9,10 @@ import dataclasses
 class Thresholds:
     """Pass/fail limits of a validation run (CLI flags of the same names override them)."""
 
-    min_real_accuracy: float = 0.90  # the judge itself must be good enough to trust the other figures
+    # The judge itself must be good enough to trust the other figures. None: follows the validation split
+    # (real_accuracy_limit): 0.90, or 0.80 with at most 5 validation images per user, where one image is 0.2 of a
+    # user's accuracy.
+    min_real_accuracy: float | None = None
     min_gan_test_ratio: float = 0.80  # gan_test_accuracy / real_test_accuracy
     min_cas_ratio: float = 0.70  # cas_accuracy / real_test_accuracy
     max_fid_ratio: float = 3.0  # domain_fid / domain_fid_real
@@ -17,6 +20,35 @@ class Thresholds:
     min_diversity_ratio: float = 0.7
     max_diversity_ratio: float = 1.3
     min_codebook_usage: float = 0.90
+
+
+REAL_ACCURACY_LIMIT = 0.90
+SMALL_VALIDATION_PER_USER = 5
+SMALL_VALIDATION_REAL_ACCURACY_LIMIT = 0.80
+
+
+def real_accuracy_limit(validation_per_user: float) -> tuple[float, str]:
+    """The default ``min_real_accuracy`` for a validation split of ``validation_per_user`` images per user (median).
+
+    Returns:
+        ``(limit, reason)``: :data:`SMALL_VALIDATION_REAL_ACCURACY_LIMIT` at most
+        :data:`SMALL_VALIDATION_PER_USER` images per user, else :data:`REAL_ACCURACY_LIMIT`.
+    """
+    if validation_per_user <= SMALL_VALIDATION_PER_USER:
+        return SMALL_VALIDATION_REAL_ACCURACY_LIMIT, (
+            f"{validation_per_user:g} validation images per user <= {SMALL_VALIDATION_PER_USER}: "
+            f"min_real_accuracy {SMALL_VALIDATION_REAL_ACCURACY_LIMIT}")
+    return REAL_ACCURACY_LIMIT, (f"{validation_per_user:g} validation images per user > {SMALL_VALIDATION_PER_USER}: "
+                                 f"min_real_accuracy {REAL_ACCURACY_LIMIT}")
+
+
+def resolve_thresholds(thresholds: Thresholds, validation_per_user: float) -> tuple[Thresholds, str | None]:
+    """Fill a ``min_real_accuracy`` of None from :func:`real_accuracy_limit`; returns the thresholds and the rule's
+    reason (None when the limit was given)."""
+    if thresholds.min_real_accuracy is not None:
+        return thresholds, None
+    limit, reason = real_accuracy_limit(validation_per_user)
+    return dataclasses.replace(thresholds, min_real_accuracy=limit), reason
 
 
 def check_thresholds(values: dict, thresholds: Thresholds) -> list[dict]:

@@ -1,0 +1,141 @@
+"""Variations of real recordings: the prior completes a kept prefix of a training image's codes
+(``sample_tokens(prefix=)``, the pipeline's ``image``/``strength``, ``generate_main.py --strength``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import generate_main
+from test_keep_attributed import USERS, _argv, model_dir  # noqa: F401  (model_dir is a fixture)
+from vqvae_transformer.data.provenance import load_model_data
+from vqvae_transformer.errors import UserInputError
+from vqvae_transformer.inference.variations import TrainingSources
+from vqvae_transformer.models.pipeline import VQVAETransformerPipeline
+from vqvae_transformer.models.prior import build_prior, build_prior_config, grid_to_sequence, sample_tokens
+
+
+@pytest.mark.parametrize("order", ["column", "row"])
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_sample_tokens_keeps_the_prefix_and_writes_the_rest(order, guidance):
+    torch.manual_seed(0)
+    prior = build_prior(build_prior_config(16, 3, (4, 6), n_layer=1, n_embd=32, n_head=2, token_order=order))
+    prefix = torch.randint(16, (5, 9))
+    generators = [torch.Generator().manual_seed(i) for i in range(5)]
+    grids = sample_tokens(prior, [0, 1, 2, 0, 1], prefix=prefix, guidance_scale=guidance, generator=generators)
+    assert grids.shape == (5, 4, 6)
+    sequences = grid_to_sequence(grids, order)  # (5, 24) in the prior's order
+    assert torch.equal(sequences[:, :9], prefix)
+    assert bool(((sequences >= 0) & (sequences < 16)).all())
+    # the completion is conditioned on the prefix: near-greedy (the untrained prior's logits are almost flat)
+    greedy = [sample_tokens(prior, [0, 1, 2, 0, 1], prefix=p, guidance_scale=guidance, temperature=1e-4,
+                            generator=[torch.Generator().manual_seed(i) for i in range(5)])
+              for p in (prefix, (prefix + 1) % 16)]
+    assert not torch.equal(*(grid_to_sequence(g, order)[:, 9:] for g in greedy))
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(5, 0, dtype=torch.long), torch.zeros(5, 24, dtype=torch.long),
+                                 torch.zeros(4, 3, dtype=torch.long), torch.full((5, 3), 16),
+                                 torch.zeros(5, 3)])
+def test_sample_tokens_refuses_a_bad_prefix(bad):
+    prior = build_prior(build_prior_config(16, 3, (4, 6), n_layer=1, n_embd=32, n_head=2))
+    with pytest.raises(ValueError, match="prefix"):
+        sample_tokens(prior, [0, 1, 2, 0, 1], prefix=bad)
+
+
+def test_the_pipeline_keeps_the_image_start_for_strength(model_dir):  # noqa: F811
+    pipe = VQVAETransformerPipeline.from_pretrained(model_dir)
+    data, train_idx, _ = load_model_data(model_dir)
+    image = data.images[train_idx[:4]]  # (4, 1, 16, 16)
+    h, w = pipe.prior.config.token_grid
+    codes = pipe.vqvae.encode_to_tokens(image)  # (4, h, w)
+    for strength, kept in ((0.5, w // 2), (0.75, round(0.25 * w)), (1.0, 0)):
+        out = pipe(user_ids=[1, 2], num_images_per_user=2, image=image, strength=strength, output_type="latent",
+                   generator=torch.Generator().manual_seed(0)).images
+        assert torch.equal(out[:, :, :kept], codes[:, :, :kept])  # column order: the first `kept` columns (time)
+    plain = pipe(user_ids=[1, 2], num_images_per_user=2, output_type="latent",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(out, plain)  # strength 1 ignores the image: plain sampling, same draws
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(strength=0.5), "needs an image"),
+    (dict(strength=0.0, image=torch.zeros(4, 1, 16, 16)), r"in \(0, 1\]"),
+    (dict(strength=1.5, image=torch.zeros(4, 1, 16, 16)), r"in \(0, 1\]"),
+    (dict(strength=0.01, image=torch.zeros(4, 1, 16, 16)), "leaving nothing to write"),
+    (dict(strength=0.5, image=torch.zeros(3, 1, 16, 16)), "shape"),
+    (dict(strength=0.5, image=torch.zeros(4, 3, 16, 16)), "shape"),
+])
+def test_the_pipeline_refuses_bad_variation_arguments(model_dir, kwargs, match):  # noqa: F811
+    pipe = VQVAETransformerPipeline.from_pretrained(model_dir)
+    with pytest.raises(UserInputError, match=match):
+        pipe(user_ids=[1, 2], num_images_per_user=2, output_type="latent", **kwargs)
+
+
+def test_sources_come_from_the_training_split_of_the_intended_user(model_dir):  # noqa: F811
+    sources = TrainingSources.for_model(model_dir)
+    data, train_idx, val_idx = load_model_data(model_dir)
+    requested = [1, 1, 2, 5, 5, 5]
+    images, records = sources.draw(requested, seed=4)
+    assert images.shape == (6, 1, 16, 16)
+    train_files = {data.paths[i] for i in train_idx}
+    for user, image, record in zip(requested, images, records):
+        assert record["source"] in train_files and f"ID_{user}" in Path(record["source"]).parent.name
+        original = data.images[data.paths.index(record["source"])]
+        assert torch.equal(image, torch.roll(original, record["time_shift_px"], dims=-1))
+    again, same = sources.draw(requested, seed=4)
+    assert torch.equal(again, images) and same == records
+    assert sources.draw(requested, seed=5)[1] != records
+
+
+def test_generate_main_strength_writes_variations_and_records_their_sources(model_dir, tmp_path):  # noqa: F811
+    argv = _argv(model_dir, tmp_path / "var", "--samples_per_user", "3", "--strength", "0.5")
+    assert generate_main.main(argv) == 0
+    info = json.loads((tmp_path / "var" / "generation_info.json").read_text())
+    assert info["sampling"]["strength"] == 0.5
+    block = info["variations"]
+    assert block["strength"] == 0.5 and sorted(block["per_user"]) == sorted(str(u) for u in USERS)
+    data, train_idx, _ = load_model_data(model_dir)
+    train_files = {data.paths[i] for i in train_idx}
+    for user in USERS:
+        records = block["per_user"][str(user)]
+        assert len(records) == 3 and all(r["source"] in train_files for r in records)
+        assert len(list((tmp_path / "var" / f"ID_{user}").glob("gen_*.png"))) == 3
+    assert generate_main.main(_argv(model_dir, tmp_path / "again", "--samples_per_user", "3", "--strength", "0.5")) == 0
+    for user in USERS:
+        for i in range(3):
+            name = f"ID_{user}/gen_{i:04d}.png"
+            assert (tmp_path / "var" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+def test_strength_with_keep_attributed_maps_kept_images_to_their_draws(model_dir, tmp_path):  # noqa: F811
+    argv = _argv(model_dir, tmp_path / "both", "--samples_per_user", "2", "--strength", "0.5", "--keep_attributed",
+                 "--oversample", "2")
+    assert generate_main.main(argv) == 0
+    info = json.loads((tmp_path / "both" / "generation_info.json").read_text())
+    for user in USERS:
+        kept = info["attribution"]["per_user"][str(user)]["kept_candidates"]
+        assert len(kept) == 2 and len(set(kept)) == 2 and all(0 <= j < 4 for j in kept)
+        assert len(info["variations"]["per_user"][str(user)]) == 4
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "nan", "-0.5"])
+def test_a_bad_strength_is_one_line(model_dir, tmp_path, capsys, value):  # noqa: F811
+    assert generate_main.main(_argv(model_dir, tmp_path / "out", "--strength", value)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--strength" in errors[0] and value in errors[0]
+    assert not (tmp_path / "out" / "generation_info.json").exists()
+
+
+def test_strength_needs_the_models_data_record(model_dir, tmp_path, capsys):  # noqa: F811
+    bare = tmp_path / "bare"
+    for file in model_dir.rglob("*"):
+        if file.is_file() and file.name != "data_info.json":
+            (bare / file.relative_to(model_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (bare / file.relative_to(model_dir)).write_bytes(file.read_bytes())
+    assert generate_main.main(_argv(bare, tmp_path / "out", "--strength", "0.5")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data_info.json" in errors[0] and "--strength" in errors[0]
