@@ -1,13 +1,16 @@
-"""Stage 2 on small data: augmented token grids, the data-size rule, and the best-validation weights kept."""
+"""Stage 2 on small data: augmented token grids, the data-size rule, the best-validation weights kept, and
+early stopping on the validation loss."""
 
 import argparse
+import json
 
+import pytest
 import torch
 
 from vqvae_transformer.data.augment import circular_time_shift
 from vqvae_transformer.models.first_stage import build_first_stage
 from vqvae_transformer.models.prior import build_prior, build_prior_config
-from vqvae_transformer.training.loop import LoopConfig
+from vqvae_transformer.training.loop import STATE_FILE, LoopConfig, plateaued, run_finished, run_training
 from vqvae_transformer.training import presets
 from vqvae_transformer.training.presets import SMALL_DATA_IMAGES_PER_USER, small_data_prior_settings
 from vqvae_transformer.training.train_prior import BestWeights, encode_training_tokens, stage_settings
@@ -40,7 +43,7 @@ def test_training_tokens_hold_the_plain_grids_then_shifted_ones():
     assert plain.shape[0] == 6 and torch.equal(plain_labels, labels)
 
 
-FULL_RULE = {"prior_time_shifts": 4, "prior_dropout": 0.1, "prior_eval_steps": 100}
+FULL_RULE = {"prior_time_shifts": 4, "prior_dropout": 0.1, "prior_eval_steps": 100, "prior_early_stopping": 3}
 
 
 def test_small_data_rule_fills_only_what_the_preset_filled(monkeypatch):
@@ -60,20 +63,75 @@ def test_stage_settings_follow_the_images_per_user(tmp_path, monkeypatch):
     monkeypatch.setattr(presets, "SMALL_DATA_PRIOR", FULL_RULE)
     cfg = LoopConfig(output_dir=tmp_path, checkpoint_dir=tmp_path / "c", max_train_steps=1000, batch_size=4,
                      learning_rate=1e-3, eval_steps=700)
-    args = argparse.Namespace(prior_time_shifts=0, prior_dropout=0.0,
-                              preset_filled=["prior_time_shifts", "prior_dropout", "eval_steps"])
+    args = argparse.Namespace(prior_time_shifts=0, prior_dropout=0.0, prior_early_stopping=0,
+                              preset_filled=["prior_time_shifts", "prior_dropout", "eval_steps",
+                                             "prior_early_stopping"])
     few = torch.arange(3).repeat_interleave(10)  # 10 images per user
     new_args, new_cfg, _ = stage_settings(args, cfg, few)
     assert new_args.prior_time_shifts == FULL_RULE["prior_time_shifts"]
     assert new_args.prior_dropout == FULL_RULE["prior_dropout"]
     assert new_cfg.eval_steps == FULL_RULE["prior_eval_steps"]
+    assert new_cfg.early_stopping_patience == new_args.prior_early_stopping == FULL_RULE["prior_early_stopping"]
     assert args.prior_time_shifts == 0 and cfg.eval_steps == 700  # the caller's objects are untouched
     many = torch.arange(3).repeat_interleave(SMALL_DATA_IMAGES_PER_USER)
     same_args, same_cfg, _ = stage_settings(args, cfg, many)
-    assert same_args.prior_time_shifts == 0 and same_cfg.eval_steps == 700
-    given = argparse.Namespace(prior_time_shifts=1, prior_dropout=0.0, preset_filled=["prior_dropout"])
+    assert same_args.prior_time_shifts == 0 and same_cfg.eval_steps == 700 and same_cfg.early_stopping_patience == 0
+    given = argparse.Namespace(prior_time_shifts=1, prior_dropout=0.0, prior_early_stopping=5,
+                               preset_filled=["prior_dropout"])
     given_args, given_cfg, _ = stage_settings(given, cfg, few)
     assert given_args.prior_time_shifts == 1 and given_cfg.eval_steps == 700 and given_args.prior_dropout == 0.1
+    assert given_cfg.early_stopping_patience == 5  # a given flag wins
+
+
+def test_the_real_small_data_rule_stops_the_prior_early():
+    assert presets.SMALL_DATA_PRIOR["prior_early_stopping"] > 0 and presets.CPU_PRESET["prior_early_stopping"] == 0
+
+
+@pytest.mark.parametrize("losses, patience, expected", [
+    ([4.6, 4.2, 4.0, 4.05, 4.17, 4.35], 3, True),   # the users'-shape curve: best 3 evaluations ago
+    ([4.6, 4.2, 4.0, 4.05, 4.17], 3, False),
+    ([4.6, 4.2, 4.0, 4.05, 3.9, 4.1], 3, False),     # a new best inside the window
+    ([4.0, 4.0, 4.0, 4.0], 3, True),                 # equal is not lower
+    ([4.6, 4.7], 1, True), ([4.6], 1, False), ([4.6, 4.7, 4.8], 0, False),
+])
+def test_plateaued_counts_evaluations_since_the_lowest_loss(losses, patience, expected):
+    history = [{"step": 100 * (i + 1), "loss": 1.0, "val_loss": v} for i, v in enumerate(losses)]
+    history.insert(1, {"step": 150, "loss": 1.0})  # an entry without a validation loss does not count
+    assert plateaued(history, patience) is expected
+
+
+def _scripted_run(tmp_path, losses, max_steps, patience, resume=None):
+    """run_training on a tiny linear model whose evaluation returns ``losses`` in turn (every 2 steps)."""
+    calls = []
+
+    def eval_fn(model, step, history):
+        calls.append(step)
+        return {"loss": losses[len(calls) - 1]}
+
+    def step_fn(model, batch, accelerator):
+        x, y = batch
+        return torch.nn.functional.mse_loss(model(x), y), {}
+
+    cfg = LoopConfig(output_dir=tmp_path, checkpoint_dir=tmp_path / "ckpt", max_train_steps=max_steps, batch_size=2,
+                     learning_rate=1e-2, eval_steps=2, checkpointing_steps=100, early_stopping_patience=patience,
+                     resume_from_checkpoint=resume, lr_warmup_steps=1)
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randn(8, 1))
+    model, history, finished = run_training(cfg, torch.nn.Linear(3, 1), data, step_fn, eval_fn)
+    return history, finished, calls
+
+
+def test_training_stops_after_patience_evaluations_and_a_resume_trains_no_more(tmp_path):
+    losses = [3.0, 2.0, 2.5, 2.6, 2.7, 1.0, 1.0, 1.0]  # best at the 2nd evaluation (step 4)
+    history, finished, calls = _scripted_run(tmp_path, losses, max_steps=16, patience=3)
+    assert finished and calls == [2, 4, 6, 8, 10] and history[-1]["step"] == 10  # stopped 3 evaluations later
+    assert run_finished(tmp_path / "ckpt")
+    state = json.loads((tmp_path / "ckpt" / "checkpoint-10" / STATE_FILE).read_text())
+    assert state["stopped_early"] is True and state["step"] == 10
+    again, finished, calls = _scripted_run(tmp_path, losses, max_steps=16, patience=3, resume="latest")
+    assert finished and calls == [] and [h["step"] for h in again] == [2, 4, 6, 8, 10]
+    full, finished, calls = _scripted_run(tmp_path / "off", losses, max_steps=16, patience=0)
+    assert finished and calls == [2, 4, 6, 8, 10, 12, 14, 16]  # patience 0 never stops
 
 
 def test_best_weights_keep_the_lowest_loss_and_restore_it(tmp_path):

@@ -139,6 +139,10 @@ def add_prior_args(parser: argparse.ArgumentParser) -> None:
                    help="also encode each training image at this many random circular time shifts, so the prior "
                         "sees several token grids per recording (more when the data is small; the first lines of the "
                         "run say what was chosen)")
+    g.add_argument("--prior_early_stopping", type=int, default=None,
+                   help="stop stage 2 once this many evaluations in a row bring no lower validation loss (the best "
+                        "weights are kept either way); 0 never stops early (more when the data is small; the first "
+                        "lines of the run say what was chosen)")
     g.add_argument("--prior_steps", type=int, default=None, help="optimiser steps of stage 2")
     g.add_argument("--prior_epochs", type=float, default=None, help="epochs of stage 2 (instead of --prior_steps)")
     g.add_argument("--prior_batch_size", type=int, default=None, help="batch size of stage 2")
@@ -224,6 +228,9 @@ def validate_args(args: argparse.Namespace) -> None:
     shifts = getattr(args, "prior_time_shifts", None)
     if shifts is not None and shifts < 0:
         raise UserInputError(f"--prior_time_shifts must be >= 0 (0: one token grid per image), got {shifts}")
+    patience = getattr(args, "prior_early_stopping", None)
+    if patience is not None and patience < 0:
+        raise UserInputError(f"--prior_early_stopping must be >= 0 (0: never stop early), got {patience}")
     for key in ("user_dropout", "prior_dropout"):
         value = getattr(args, key, None)
         if value is not None and not 0.0 <= value < 1.0:

@@ -88,6 +88,8 @@ class LoopConfig:
     tracker_name: str = "vqvae_transformer"
     tracker_config: dict = field(default_factory=dict)
     stop_after_steps: int | None = None  # testing hook: stop (as if killed) after this global step
+    # Stop, as a finished run, once this many evaluations in a row brought no lower ``val_loss`` (0: never).
+    early_stopping_patience: int = 0
     # Flags the weights depend on ({flag name without --: value}); saved in each checkpoint, compared on resume.
     resume_settings: dict = field(default_factory=dict)
 
@@ -99,6 +101,8 @@ class LoopConfig:
                 raise UserInputError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise UserInputError(f"learning rate must be > 0, got {self.learning_rate}")
+        if self.early_stopping_patience < 0:
+            raise UserInputError(f"early stopping patience must be >= 0 (0: never), got {self.early_stopping_patience}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UserInputError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
@@ -119,14 +123,15 @@ def run_finished(checkpoint_dir: Path) -> bool:
     """Whether the newest checkpoint in ``checkpoint_dir`` is the last step of its run.
 
     False with no checkpoint, or when a run was cut short (killed, interrupted, a numerical fault) after it; True
-    for a checkpoint of an older version, which does not record its run's length.
+    for a run that stopped early on its validation loss, and for a checkpoint of an older version, which does not
+    record its run's length.
     """
     found = list_checkpoints(checkpoint_dir)
     if not found:
         return False
     state = json.loads((found[-1] / STATE_FILE).read_text())
     total = state.get("max_train_steps")
-    return total is None or int(state["step"]) >= int(total)
+    return total is None or int(state["step"]) >= int(total) or bool(state.get("stopped_early"))
 
 
 def resolve_checkpoint(checkpoint_dir: Path, resume: str | None) -> Path | None:
@@ -188,7 +193,8 @@ def _flag_value(value) -> str:
     return "(unset)" if value is None else str(value)
 
 
-def save_checkpoint(accelerator: Accelerator, cfg: LoopConfig, step: int, history: list[dict]) -> Path:
+def save_checkpoint(accelerator: Accelerator, cfg: LoopConfig, step: int, history: list[dict],
+                    stopped_early: bool = False) -> Path:
     """``save_state`` into ``checkpoint-<step>`` (written to a temp folder, then renamed) and prune old ones.
 
     Every rank writes its files into the temp folder; only after all have finished does the main process write
@@ -204,8 +210,8 @@ def save_checkpoint(accelerator: Accelerator, cfg: LoopConfig, step: int, histor
     accelerator.wait_for_everyone()  # every rank's random_states_<rank>.pkl is in tmp
     if accelerator.is_main_process:
         write_text_atomic(tmp / STATE_FILE, json.dumps({"step": step, "max_train_steps": cfg.max_train_steps,
-                                                        "history": history, "settings": cfg.resume_settings},
-                                                       default=str))
+                                                        "stopped_early": stopped_early, "history": history,
+                                                        "settings": cfg.resume_settings}, default=str))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(cfg.checkpoint_dir)[:-cfg.checkpoints_total_limit]:
@@ -326,7 +332,7 @@ def run_training(
                               num_training_steps=cfg.max_train_steps * accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    step, history = 0, []
+    step, history, stopped_early = 0, [], False
     remove_stale_temp_checkpoints(accelerator, cfg.checkpoint_dir)
     checkpoint = resolve_checkpoint(cfg.checkpoint_dir, cfg.resume_from_checkpoint)
     if checkpoint is not None:
@@ -335,14 +341,17 @@ def run_training(
         accelerator.load_state(str(checkpoint))
         _apply_learning_rate(optimizer, scheduler, cfg.learning_rate)
         step, history = int(state["step"]), list(state["history"])
-        logger.info(f"resumed from {checkpoint} at step {step}", main_process_only=True)
+        stopped_early = bool(state.get("stopped_early"))
+        logger.info(f"resumed from {checkpoint} at step {step}" + (" (it had stopped early: nothing to train)"
+                                                                    if stopped_early else ""), main_process_only=True)
 
     updates_per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
     progress = tqdm(total=cfg.max_train_steps, initial=step, desc=cfg.tracker_name,
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     with StopSignals() as stop:
-        finished = _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn, eval_fn,
-                                on_epoch_start, step, history, updates_per_epoch, progress, stop)
+        finished = stopped_early or _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn,
+                                                 eval_fn, on_epoch_start, step, history, updates_per_epoch, progress,
+                                                 stop)
     progress.close()
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
@@ -388,9 +397,19 @@ def _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn,
             progress.update(1)
             progress.set_postfix({k: _short(v) for k, v in logs.items() if k != "lr"})
             accelerator.log(logs, step=step)
+            plateau = False
             if step % cfg.eval_steps == 0 or step == cfg.max_train_steps:
                 history.append({"step": step, **logs})
                 history[-1].update(_evaluate(accelerator, model, eval_fn, step, history))
+                if cfg.early_stopping_patience and step < cfg.max_train_steps:  # every rank: the main one decides
+                    flag = plateaued(history, cfg.early_stopping_patience) and accelerator.is_main_process
+                    plateau = _any_rank(accelerator, torch.tensor([flag], device=accelerator.device))[0]
+            if plateau:
+                save_checkpoint(accelerator, cfg, step, history, stopped_early=True)
+                progress.close()
+                logger.info(f"stopping {cfg.tracker_name} at step {step} of {cfg.max_train_steps}: no lower validation "
+                            f"loss in the last {cfg.early_stopping_patience} evaluations", main_process_only=True)
+                return True
             saved = step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps
             if saved:
                 save_checkpoint(accelerator, cfg, step, history)
@@ -410,6 +429,15 @@ def _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn,
         if not finished:
             break
     return finished
+
+
+def plateaued(history: list[dict], patience: int) -> bool:
+    """Whether the last ``patience`` evaluations in ``history`` (entries with ``val_loss``) all failed to go below
+    the lowest ``val_loss`` before them."""
+    losses = [float(entry["val_loss"]) for entry in history if "val_loss" in entry]
+    if patience < 1 or len(losses) <= patience:
+        return False
+    return min(losses[-patience:]) >= min(losses[:-patience])
 
 
 def _any_rank(accelerator: Accelerator, flags: torch.Tensor) -> list[bool]:

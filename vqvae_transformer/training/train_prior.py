@@ -82,7 +82,7 @@ def stage_settings(args: argparse.Namespace, cfg: LoopConfig, train_labels: torc
     """
     per_user = float(torch.bincount(train_labels).float().median()) if len(train_labels) else 0.0
     filled = set(getattr(args, "preset_filled", ()))
-    given = {"prior_time_shifts", "prior_dropout"} - filled
+    given = {"prior_time_shifts", "prior_dropout", "prior_early_stopping"} - filled
     if "eval_steps" not in filled:
         given.add("prior_eval_steps")
     settings, reason = small_data_prior_settings(per_user, given)
@@ -92,6 +92,8 @@ def stage_settings(args: argparse.Namespace, cfg: LoopConfig, train_labels: torc
             setattr(args, key, settings[key])
     if "prior_eval_steps" in settings:
         cfg = dataclasses.replace(cfg, eval_steps=min(settings["prior_eval_steps"], cfg.max_train_steps))
+    args.prior_early_stopping = settings.get("prior_early_stopping", getattr(args, "prior_early_stopping", 0) or 0)
+    cfg = dataclasses.replace(cfg, early_stopping_patience=args.prior_early_stopping)
     return args, cfg, reason
 
 
@@ -249,6 +251,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
                "seconds": round(time.time() - start, 1), "token_grid": list(grid), "history": history,
                "parameters": sum(p.numel() for p in prior.parameters()), "settings_reason": reason,
                "time_shifts": args.prior_time_shifts or 0, "dropout": args.prior_dropout,
+               "early_stopping_patience": cfg.early_stopping_patience,
                "token_grids_per_epoch": len(train_tokens), "eval_steps": cfg.eval_steps}
     if finished and accelerator.is_main_process:  # one process measures and writes the model
         chosen = best.restore(prior, summary["steps"]) if best is not None else None
