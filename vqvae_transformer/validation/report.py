@@ -90,8 +90,9 @@ def run_validation(
     values.update(first_stage_metrics(model_dir, real.data.images[real.val_idx], real.data.labels[real.val_idx],
                                       judge, reasons))
 
-    per_user_counts = torch.bincount(real.data.labels[real.val_idx], minlength=real.data.num_users).float()
-    thresholds, rule = resolve_thresholds(thresholds, float(per_user_counts[per_user_counts > 0].median()))
+    counts = torch.bincount(real.data.labels[real.val_idx], minlength=real.data.num_users).float()  # per user
+    per_user = float(counts[counts > 0].median()) if bool((counts > 0).any()) else 0.0
+    thresholds, rule = resolve_thresholds(thresholds, per_user)
     if rule:
         logger.info("thresholds: %s", rule)
     checks = check_thresholds(values, thresholds)
