@@ -73,7 +73,7 @@ class TrainingSources:
 
         Returns:
             ``(images [N, C, R, R] as the first stage takes them, records)``; record ``i`` names the training
-            file (or index) image ``i`` started from and its circular time shift in pixels.
+            file image ``i`` started from (its path as loaded) and its circular time shift in pixels.
         """
         self.check_users(user_ids)
         state = np.random.SeedSequence([_SEED_TAG, int(seed) % 2**63]).generate_state(1, np.uint64)
