@@ -70,3 +70,18 @@ def load_model_data(model_dir: str | Path) -> tuple[SpectrogramData, list[int], 
         raise UserInputError(f"{split_path} is missing: retrain with train_main.py or pass --real_data_dir")
     train_idx, val_idx = load_split(split_path, data)
     return data, train_idx, val_idx
+
+
+def load_model_training_split(model_dir: str | Path, flag: str) -> tuple[SpectrogramData, list[int]]:
+    """The data ``model_dir`` was trained on and its training indices, for a tool option (``flag``) that needs them.
+
+    Raises:
+        UserInputError: one line naming ``flag`` when the folder holds no ``data_info.json`` (e.g. a Hub download).
+    """
+    info = Path(model_dir) / DATA_INFO_FILE
+    if not info.is_file():
+        raise UserInputError(f"{flag} uses the model's real training images, but {info} is missing (the folder was "
+                             "not written by train_main.py, or holds no record of its data); drop "
+                             f"{flag} or use the folder train_main.py wrote")
+    data, train_idx, _ = load_model_data(model_dir)
+    return data, train_idx

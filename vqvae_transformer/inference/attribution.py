@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 
 from ..data import SpectrogramData, load_image_folder
-from ..data.provenance import DATA_INFO_FILE, load_model_data
+from ..data.provenance import load_model_training_split
 from ..errors import UserInputError
 from ..models.judge import Judge, logits, train_judge
 
@@ -64,12 +64,7 @@ class JudgeAttribution:
         Raises:
             UserInputError: the model folder does not say where its training data is (e.g. a Hub download).
         """
-        info = Path(model_dir) / DATA_INFO_FILE
-        if not info.is_file():
-            raise UserInputError(f"--keep_attributed trains a judge on the model's real training images, but {info} "
-                                 "is missing (the folder was not written by train_main.py, or holds no record of its "
-                                 "data); drop --keep_attributed or use the folder train_main.py wrote")
-        data, train_idx, _ = load_model_data(model_dir)
+        data, train_idx = load_model_training_split(model_dir, "--keep_attributed")
         if len(train_idx) < 2:
             raise UserInputError(f"--keep_attributed: {model_dir} was trained on {len(train_idx)} image(s); the "
                                  "judge needs at least 2")

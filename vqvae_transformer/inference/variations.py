@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data import SpectrogramData
-from ..data.provenance import DATA_INFO_FILE, load_model_data
+from ..data.provenance import load_model_training_split
 from ..errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -52,12 +52,7 @@ class TrainingSources:
         Raises:
             UserInputError: the folder does not say where its training data is (e.g. a Hub download).
         """
-        info = Path(model_dir) / DATA_INFO_FILE
-        if not info.is_file():
-            raise UserInputError(f"{flag} starts from the model's real training images, but {info} is missing (the "
-                                 "folder was not written by train_main.py, or holds no record of its data); drop "
-                                 f"{flag} or use the folder train_main.py wrote")
-        data, train_idx, _ = load_model_data(model_dir)
+        data, train_idx = load_model_training_split(model_dir, flag)
         logger.info("%s: variations of the model's %d real training images", flag, len(train_idx))
         return cls(data, train_idx)
 
