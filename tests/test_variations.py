@@ -15,6 +15,7 @@ from vqvae_transformer.data.provenance import load_model_data
 from vqvae_transformer.errors import UserInputError
 from vqvae_transformer.inference.variations import TrainingSources
 from vqvae_transformer.models.pipeline import VQVAETransformerPipeline
+from vqvae_transformer.output_folder import MANIFEST_NAME
 from vqvae_transformer.models.prior import build_prior, build_prior_config, grid_to_sequence, sample_tokens
 
 
@@ -120,6 +121,38 @@ def test_strength_with_keep_attributed_maps_kept_images_to_their_draws(model_dir
         kept = info["attribution"]["per_user"][str(user)]["kept_candidates"]
         assert len(kept) == 2 and len(set(kept)) == 2 and all(0 <= j < 4 for j in kept)
         assert len(info["variations"]["per_user"][str(user)]) == 4
+
+
+def test_skip_existing_keeps_the_provenance_of_kept_users(model_dir, tmp_path, monkeypatch):  # noqa: F811
+    """A run interrupted after its first user and resumed with --skip_existing reports the same sources and
+    attribution records as one uninterrupted run, the kept user's included (they live in the folder's manifest)."""
+    flags = ("--samples_per_user", "2", "--strength", "0.5", "--keep_attributed", "--oversample", "2",
+             "--batch_size", "4")  # 4 draws per user: one user per group
+    assert generate_main.main(_argv(model_dir, tmp_path / "full", *flags)) == 0
+    original, calls = VQVAETransformerPipeline.__call__, {"n": 0}
+
+    def interrupted_second_group(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(VQVAETransformerPipeline, "__call__", interrupted_second_group)
+    assert generate_main.main(_argv(model_dir, tmp_path / "part", *flags)) == 130
+    monkeypatch.setattr(VQVAETransformerPipeline, "__call__", original)
+    assert generate_main.main(_argv(model_dir, tmp_path / "part", *flags, "--skip_existing")) == 0
+    full, part = (json.loads((tmp_path / name / "generation_info.json").read_text()) for name in ("full", "part"))
+    assert part["skipped_user_ids"] == [USERS[0]] and part["generated_user_ids"] == list(USERS[1:])
+    assert part["variations"] == full["variations"] and part["attribution"] == full["attribution"]
+    assert sorted(part["variations"]["per_user"]) == sorted(str(u) for u in USERS)
+    # a folder written before the manifest kept provenance: its users are regenerated, not reported without it
+    manifest_path = tmp_path / "full" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["meta"]["provenance"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert generate_main.main(_argv(model_dir, tmp_path / "full", *flags, "--skip_existing")) == 0
+    again = json.loads((tmp_path / "full" / "generation_info.json").read_text())
+    assert again["generated_user_ids"] == list(USERS) and again["variations"] == full["variations"]
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "nan", "-0.5"])

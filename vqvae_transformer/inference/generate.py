@@ -54,6 +54,7 @@ INFO_FILE = GENERATION_INFO_FILE
 GRID_FILE = "grid.png"
 TOOL_NAME = "generate_main.py"
 STAGING_KIND = "tmp"
+PROVENANCE_KEY = "provenance"  # manifest meta: per user, the attribution record and variation sources of its images
 
 
 def _write_user_folders(staging: Path, pixels: torch.Tensor, image_ids: Sequence[int]) -> dict[int, int]:
@@ -85,14 +86,22 @@ def _user_files(user_id: int, samples_per_user: int) -> list[str]:
     return [f"ID_{user_id}/gen_{i:04d}.png" for i in range(samples_per_user)]
 
 
-def _commit_user(folder: OutputFolder, staging: Path, user_id: int, settings: dict) -> int:
-    """Move ``staging/ID_<k>/*`` into ``folder``, removing only this tool's earlier files of that user."""
+def _commit_user(folder: OutputFolder, staging: Path, user_id: int, settings: dict, provenance: dict) -> int:
+    """Move ``staging/ID_<k>/*`` into ``folder``, removing only this tool's earlier files of that user.
+
+    ``settings`` (what ``--skip_existing`` compares) and ``provenance`` (the user's ``attribution`` record and
+    ``variations`` sources, empty for plain sampling) go into the manifest with the images, so a resumed run can
+    still report where kept users' images came from.
+    """
     name = f"ID_{user_id}"
     new = sorted(f"{name}/{p.name}" for p in (staging / name).iterdir())
     old = sorted(rel for rel in folder.files if rel.startswith(name + "/") and rel not in new)
     users = dict(folder.meta.get("users", {}))
     users.pop(str(user_id), None)
-    folder.record(added=new, meta={**folder.meta, "users": users})  # registered before they appear
+    provenances = dict(folder.meta.get(PROVENANCE_KEY, {}))
+    provenances.pop(str(user_id), None)
+    # Registered before they appear.
+    folder.record(added=new, meta={**folder.meta, "users": users, PROVENANCE_KEY: provenances})
     target = folder.path / name
     target.mkdir(parents=True, exist_ok=True)
     for rel in old:  # this tool's own earlier images of the user (prepare_output_folder refused foreign ones)
@@ -100,8 +109,15 @@ def _commit_user(folder: OutputFolder, staging: Path, user_id: int, settings: di
     for rel in new:
         os.replace(staging / rel, folder.path / rel)
     users[str(user_id)] = settings
-    folder.record(removed=old, meta={**folder.meta, "users": users})
+    if provenance:
+        provenances[str(user_id)] = provenance
+    folder.record(removed=old, meta={**folder.meta, "users": users, PROVENANCE_KEY: provenances})
     return len(new)
+
+
+def _recorded_provenance(folder: OutputFolder, user_id: int) -> dict:
+    """The ``provenance`` :func:`_commit_user` recorded for a user kept by ``--skip_existing`` (empty if none)."""
+    return folder.meta.get(PROVENANCE_KEY, {}).get(str(user_id), {})
 
 
 def _user_complete(folder: OutputFolder, user_id: int, samples_per_user: int, settings: dict) -> bool:
@@ -118,7 +134,10 @@ def _user_complete(folder: OutputFolder, user_id: int, samples_per_user: int, se
         raise UserInputError(f"--skip_existing: ID_{user_id} in {folder.path} was generated with other settings "
                              f"({', '.join(changed)} differ); rerun with the same flags, or drop --skip_existing "
                              "to regenerate")
-    return True
+    needed = [key for key, used in (("attribution", "keep_attributed" in settings),
+                                    ("variations", "strength" in settings)) if used]
+    # Written before the manifest kept provenance: regenerated, so that its record can be reported.
+    return all(key in _recorded_provenance(folder, user_id) for key in needed)
 
 
 def _read_grid_pixels(output_dir: Path, ids: Sequence[int], columns: int) -> torch.Tensor:
@@ -235,11 +254,22 @@ def generate_to_folder(
                 records.update(attribution.keep_best(staging, [k for k in group if k not in done], samples_per_user))
             for user_id in group:
                 if user_id not in done:
-                    _commit_user(folder, staging, user_id, settings)
+                    provenance = {}
+                    if attribution is not None:
+                        provenance["attribution"] = records[user_id]
+                    if sources is not None:
+                        provenance["variations"] = origins[user_id]
+                    _commit_user(folder, staging, user_id, settings, provenance)
                     generated.append(user_id)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    for user_id in sorted(done):  # users kept from an earlier run: their records come from the manifest
+        kept = _recorded_provenance(folder, user_id)
+        if attribution is not None:
+            records[user_id] = kept["attribution"]
+        if sources is not None:
+            origins[user_id] = kept["variations"]
     cols = min(samples_per_user, grid_columns)
     pixels = _read_grid_pixels(output_dir, ids, cols)
     num_generated = len(generated) * samples_per_user
