@@ -1,5 +1,5 @@
-"""The first-stage and generator benchmarks end to end with ``--quick`` (the real CLIs, 3 tiny users): every row of
-the table is printed and the JSON holds a figure in every column that applies."""
+"""The first-stage, generator and README-commands benchmarks end to end with ``--quick`` (the real CLIs, 3 tiny
+users): every row of the table is printed and the JSON holds a figure in every column that applies."""
 
 from __future__ import annotations
 
@@ -44,3 +44,19 @@ def test_bench_generators_quick(tmp_path):
         assert row["name"].split(" ")[0] in stdout
     ours, ddpm = record["rows"]
     assert abs(ddpm["train_s"] - 20.0) < 15  # the DDPM trained for --ddpm_seconds of wall clock
+
+
+def test_bench_readme_commands_quick(tmp_path):
+    stdout, record = _run("benchmarks.bench_readme_commands", tmp_path)
+    rows = record["rows"]
+    assert [(r["seed"], r["strength"]) for r in rows] == [(0, 1.0), (0, 0.5)]  # --quick: one seed, two variants
+    for row in rows:
+        assert row["train_seconds"] > 0 and row["prior_steps"] == 20 and row["train_images"] > 0
+        assert row["passed"] == (not row["failed"])
+        for name in ("real_test_accuracy", "gan_test_ratio", "cas_ratio", "fid_ratio", "diversity_ratio"):
+            assert row[name] is not None and row[name] == row[name], name  # measured, not NaN
+        low, high = row["fid_ratio_ci"]
+        assert low is not None and low <= high
+    assert set(record["summary"]) == {"s1_t0.9", "s0.5_t0.9"}
+    assert record["summary"]["s1_t0.9"]["passed"] == int(rows[0]["passed"])
+    assert "| 0 | 1 | 0.9 |" in stdout and "| 0 | 0.5 | 0.9 |" in stdout
