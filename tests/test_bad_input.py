@@ -277,6 +277,8 @@ MATRIX = [
     ("val-no-skip-bad-images-flag", V, ok, ["--skip_bad_images"], 2, "unrecognized arguments: --skip_bad_images"),
     ("train-report-to-foo", T, ok, ["--report_to", "foo"], 2, "use none, all or one of aim, tensorboard, wandb"),
     ("train-num-users-negative", T, ok, ["--num_users", "-1"], 2, "--num_users must be a positive integer"),
+    ("train-attention-dropout-1", T, ok, ["--prior_attention_dropout", "1"], 2,
+     "--prior_attention_dropout must lie in [0, 1), got 1.0"),
 ]
 
 

@@ -83,8 +83,20 @@ def test_stage_settings_follow_the_images_per_user(tmp_path, monkeypatch):
     assert given_cfg.early_stopping_patience == 5  # a given flag wins
 
 
-def test_the_real_small_data_rule_stops_the_prior_early():
-    assert presets.SMALL_DATA_PRIOR["prior_early_stopping"] > 0 and presets.CPU_PRESET["prior_early_stopping"] == 0
+def test_the_real_small_data_rule_stops_early_augments_and_regularises_cheaply():
+    rule, cpu = presets.SMALL_DATA_PRIOR, presets.CPU_PRESET
+    assert rule["prior_early_stopping"] > 0 and cpu["prior_early_stopping"] == 0
+    assert rule["prior_time_shifts"] > 0 and rule["prior_dropout"] > 0
+    assert "prior_attention_dropout" not in rule and cpu["prior_attention_dropout"] == 0.0  # the slow one stays off
+
+
+def test_attention_dropout_is_separate_from_residual_and_embedding_dropout():
+    config = build_prior_config(32, 3, (4, 4), n_layer=1, n_embd=16, n_head=2, dropout=0.1, attention_dropout=0.0)
+    assert (config.resid_pdrop, config.embd_pdrop, config.attn_pdrop) == (0.1, 0.1, 0.0)
+    same = build_prior_config(32, 3, (4, 4), n_layer=1, n_embd=16, n_head=2, dropout=0.2)
+    assert same.attn_pdrop == same.resid_pdrop == 0.2  # not given: one dropout for all three, as before
+    with pytest.raises(ValueError, match="attention_dropout must be in"):
+        build_prior_config(32, 3, (4, 4), n_layer=1, n_embd=16, n_head=2, attention_dropout=1.0)
 
 
 @pytest.mark.parametrize("losses, patience, expected", [

@@ -129,7 +129,10 @@ def add_prior_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n_layer", type=int, default=None, help="GPT-2 layers")
     g.add_argument("--n_embd", type=int, default=None, help="GPT-2 width")
     g.add_argument("--n_head", type=int, default=None, help="GPT-2 attention heads")
-    g.add_argument("--prior_dropout", type=float, default=None, help="GPT-2 dropout")
+    g.add_argument("--prior_dropout", type=float, default=None,
+                   help="GPT-2 residual and embedding dropout")
+    g.add_argument("--prior_attention_dropout", type=float, default=None,
+                   help="GPT-2 attention dropout (slow on a CPU: 1.6x the step time of the CPU preset's prior)")
     g.add_argument("--token_order", choices=("column", "row"), default=None,
                    help="how the prior reads the token grid: column by column (time order for spectrograms) or row "
                         "by row")
@@ -231,7 +234,7 @@ def validate_args(args: argparse.Namespace) -> None:
     patience = getattr(args, "prior_early_stopping", None)
     if patience is not None and patience < 0:
         raise UserInputError(f"--prior_early_stopping must be >= 0 (0: never stop early), got {patience}")
-    for key in ("user_dropout", "prior_dropout"):
+    for key in ("user_dropout", "prior_dropout", "prior_attention_dropout"):
         value = getattr(args, key, None)
         if value is not None and not 0.0 <= value < 1.0:
             raise UserInputError(f"--{key} must lie in [0, 1), got {value}")

@@ -228,6 +228,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
                 f"{grid[0]}x{grid[1]} token grids in {time.time() - start:.1f}s", main_process_only=True)
     config = build_prior_config(first_stage.config.num_vq_embeddings, len(user_ids), grid, n_layer=args.n_layer,
                                 n_embd=args.n_embd, n_head=args.n_head, dropout=args.prior_dropout,
+                                attention_dropout=getattr(args, "prior_attention_dropout", None),
                                 user_ids=list(user_ids), token_order=args.token_order)
     fingerprint = stage1_fingerprint(cfg.output_dir / VQVAE_FOLDER)  # checked on resume, recorded in prior/
     cfg = dataclasses.replace(cfg, resume_settings={**cfg.resume_settings, "stage1_fingerprint": fingerprint})
@@ -251,7 +252,7 @@ def train_prior_stage(args: argparse.Namespace, cfg: LoopConfig, first_stage, tr
                "seconds": round(time.time() - start, 1), "token_grid": list(grid), "history": history,
                "parameters": sum(p.numel() for p in prior.parameters()), "settings_reason": reason,
                "time_shifts": args.prior_time_shifts or 0, "dropout": args.prior_dropout,
-               "early_stopping_patience": cfg.early_stopping_patience,
+               "attention_dropout": config.attn_pdrop, "early_stopping_patience": cfg.early_stopping_patience,
                "token_grids_per_epoch": len(train_tokens), "eval_steps": cfg.eval_steps}
     if finished and accelerator.is_main_process:  # one process measures and writes the model
         chosen = best.restore(prior, summary["steps"]) if best is not None else None
