@@ -45,21 +45,17 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.common import run_script, work_dir
 from vqvae_transformer.data import SpectrogramData, default_dataset_dir, load_image_folder
 from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE
 from vqvae_transformer.models.judge import accuracy, predict, train_judge
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RESOLUTION = 64
 SIMULATED_USERS = 31
 SIMULATED_SAMPLES_PER_USER = 64
@@ -70,7 +66,6 @@ ALL = 0
 """``--k all`` (every non-test image of each user), stored as 0."""
 STRATEGIES = ("real", "mix", "mix_1to1", "filter", "pretrain")
 """Ways of training the classifier; ``real`` is the baseline and always runs (see the module docstring)."""
-STDERR_TAIL_LINES = 40
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -216,60 +211,6 @@ def write_few_shot_folder(data: SpectrogramData, indices: list[int], folder: Pat
 
 # ----------------------------------------------------------------------------------------------------------
 # The generator (subprocesses: the real CLIs)
-
-
-@contextmanager
-def work_dir(prefix: str, keep: bool):
-    """A temporary folder for a benchmark's models and images: removed afterwards, or kept (path printed)."""
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield work
-    finally:
-        if keep:
-            print(f"temporary folders kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def parse_with_quick(parser: argparse.ArgumentParser, argv: list[str] | None, quick: dict) -> argparse.Namespace:
-    """Parse ``argv``; with ``--quick``, parse again with ``quick`` as the defaults (flags given still win)."""
-    args = parser.parse_args(argv)
-    if getattr(args, "quick", False):
-        parser.set_defaults(**quick)
-        args = parser.parse_args(argv)
-    return args
-
-
-def quick_help(quick: dict) -> str:
-    """``--quick``'s help: the settings it uses."""
-    settings = " ".join(f"--{key} {' '.join(map(str, v)) if isinstance(v, list) else repr(v) if isinstance(v, str) else v}"
-                        for key, v in quick.items())
-    return f"a smoke run of a minute or two (the tests run it): {settings}; flags given explicitly still win"
-
-
-def run_script(command: list[str], log_path: Path, threads: int, ok_codes: tuple[int, ...] = (0,)) -> float:
-    """Run ``python <command>`` in the repository root, output to ``log_path``; returns its wall seconds.
-
-    Raises:
-        subprocess.CalledProcessError: for an exit code outside ``ok_codes``, after printing the last lines of the log.
-    """
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        try:
-            done = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)
-            if done.returncode not in ok_codes:
-                raise subprocess.CalledProcessError(done.returncode, done.args)
-        except subprocess.CalledProcessError:
-            log.flush()
-            lines = log_path.read_text(errors="replace").split("\n")
-            tail = [line.rsplit("\r", 1)[-1] for line in lines][-STDERR_TAIL_LINES:]  # last state of tqdm bars
-            print(f"\n{command[0]} failed; last lines of {log_path}:\n" + "\n".join(tail), file=sys.stderr)
-            raise
-    return time.perf_counter() - start
 
 
 def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, seed: int,

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from benchmarks.bench_augmentation import parse_with_quick, quick_help, run_script, work_dir
+from benchmarks.common import parse_with_quick, quick_help, run_script, work_dir
 from vqvae_transformer.analysis.latent_space import LatentSpaceAnalyzer
 from vqvae_transformer.data.provenance import load_model_data
 from vqvae_transformer.figures import to_unit

@@ -52,7 +52,7 @@ from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
-from benchmarks.bench_augmentation import parse_with_quick, quick_help, run_script, work_dir
+from benchmarks.common import parse_with_quick, quick_help, run_script, work_dir
 from vqvae_transformer.data.augment import circular_time_shift
 from vqvae_transformer.data.colormap import scalar_to_rgb
 from vqvae_transformer.data.provenance import load_model_data

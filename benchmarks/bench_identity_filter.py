@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_augmentation import run_script, work_dir
+from benchmarks.common import run_script, work_dir
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR
 from vqvae_transformer.inference.attribution import candidates_per_user
 from vqvae_transformer.inference.identity_filter import select_attributed

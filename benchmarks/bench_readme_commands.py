@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_augmentation import parse_with_quick, quick_help, run_script, work_dir
+from benchmarks.common import parse_with_quick, quick_help, run_script, work_dir
 from vqvae_transformer.layout import SUMMARY_FILE
 from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TEMPERATURE
 

@@ -36,9 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench_augmentation import work_dir
+from benchmarks.common import REPO_ROOT, work_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = ["--num_users", "3", "--simulated_per_user", "8", "--resolution", "32"]  # tests/test_training.py's
 VQVAE = ["--block_out_channels", "8", "8", "16", "--latent_channels", "8", "--codebook_size", "32",
          "--codebook_dim", "4", "--batch_size", "8", "--lpips", "off"]

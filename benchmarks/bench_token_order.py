@@ -24,7 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks.bench_augmentation import run_script, work_dir
+from benchmarks.common import run_script, work_dir
 from vqvae_transformer.data.provenance import read_data_info
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR
 

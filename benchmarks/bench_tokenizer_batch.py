@@ -24,7 +24,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks.bench_augmentation import run_script, work_dir
+from benchmarks.common import run_script, work_dir
 from benchmarks.bench_token_order import data_flags
 from vqvae_transformer.data.provenance import load_model_data
 from vqvae_transformer.inference.generate import DEFAULT_MODEL_DIR
