@@ -57,6 +57,6 @@ def test_bench_readme_commands_quick(tmp_path):
             assert row[name] is not None and row[name] == row[name], name  # measured, not NaN
         low, high = row["fid_ratio_ci"]
         assert low is not None and low <= high
-    assert set(record["summary"]) == {"s1_t0.9_g1.5", "s0.5_t0.9_g1.5"}
-    assert record["summary"]["s1_t0.9_g1.5"]["passed"] == int(rows[0]["passed"])
-    assert "| 0 | 1 | 0.9 | 1.5 |" in stdout and "| 0 | 0.5 | 0.9 | 1.5 |" in stdout
+    assert set(record["summary"]) == {"s1_t0.9_g1.5_p1", "s0.5_t0.9_g1.5_p1"}
+    assert record["summary"]["s1_t0.9_g1.5_p1"]["passed"] == int(rows[0]["passed"])
+    assert "| 0 | 1 | 0.9 | 1.5 | 1 |" in stdout and "| 0 | 0.5 | 0.9 | 1.5 | 1 |" in stdout
