@@ -1,5 +1,6 @@
-"""The first-stage, generator and README-commands benchmarks end to end with ``--quick`` (the real CLIs, 3 tiny
-users): every row of the table is printed and the JSON holds a figure in every column that applies."""
+"""The first-stage, generator, README-commands and CPU-precision benchmarks end to end with ``--quick`` (the real
+CLIs, 3 tiny users; tiny models for the precision one): every row of the table is printed and the JSON holds a
+figure in every column that applies."""
 
 from __future__ import annotations
 
@@ -60,3 +61,12 @@ def test_bench_readme_commands_quick(tmp_path):
     assert set(record["summary"]) == {"s1_t0.9_g1.5_p1", "s0.5_t0.9_g1.5_p1"}
     assert record["summary"]["s1_t0.9_g1.5_p1"]["passed"] == int(rows[0]["passed"])
     assert "| 0 | 1 | 0.9 | 1.5 | 1 |" in stdout and "| 0 | 0.5 | 0.9 | 1.5 | 1 |" in stdout
+
+
+def test_bench_cpu_precision_quick(tmp_path):
+    stdout, record = _run("benchmarks.bench_cpu_precision", tmp_path)
+    assert set(record["stages"]) == {"stage 1", "prior"} and isinstance(record["native_bf16"], bool)
+    for stage, row in record["stages"].items():
+        assert len(row["rounds"]["fp32"]) == len(row["rounds"]["bf16"]) == 1  # --quick: one round each
+        assert row["fp32"] > 0 and row["bf16"] > 0 and abs(row["speedup"] - row["fp32"] / row["bf16"]) < 1e-9
+        assert f"| {stage} |" in stdout
