@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -70,3 +72,13 @@ def test_bench_cpu_precision_quick(tmp_path):
         assert len(row["rounds"]["fp32"]) == len(row["rounds"]["bf16"]) == 1  # --quick: one round each
         assert row["fp32"] > 0 and row["bf16"] > 0 and abs(row["speedup"] - row["fp32"] / row["bf16"]) < 1e-9
         assert f"| {stage} |" in stdout
+
+
+def test_readme_commands_variants_name_every_setting_and_refuse_a_bad_top_p():
+    from benchmarks.bench_readme_commands import build_parser, validate_args, variant_tag
+
+    variant = {"strength": 1.0, "temperature": 0.9, "guidance_scale": 1.5, "top_p": 0.75}
+    assert variant_tag(variant) == "s1_t0.9_g1.5_p0.75"  # top-p and temperature no longer share a letter
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit, match=f"--top_ps {float(bad)}"):
+            validate_args(build_parser().parse_args(["--top_ps", bad]))
