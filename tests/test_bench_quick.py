@@ -69,9 +69,10 @@ def test_bench_cpu_precision_quick(tmp_path):
     stdout, record = _run("benchmarks.bench_cpu_precision", tmp_path)
     assert set(record["stages"]) == {"stage 1", "prior"} and isinstance(record["native_bf16"], bool)
     for stage, row in record["stages"].items():
-        assert len(row["rounds"]["fp32"]) == len(row["rounds"]["bf16"]) == 1  # --quick: one round each
+        assert all(len(row["rounds"][v]) == 1 for v in ("before", "fp32", "bf16"))  # --quick: one round each
         assert row["fp32"] > 0 and row["bf16"] > 0 and abs(row["speedup"] - row["fp32"] / row["bf16"]) < 1e-9
-        assert f"| {stage} |" in stdout
+        assert row["before"] > 0 and abs(row["changes_speedup"] - row["before"] / row["fp32"]) < 1e-9
+        assert f"| {stage} | {row['before']:.3f} | {row['fp32']:.3f} | {row['bf16']:.3f} |" in stdout
 
 
 def test_readme_commands_variants_name_every_setting_and_refuse_a_bad_top_p():
@@ -82,3 +83,20 @@ def test_readme_commands_variants_name_every_setting_and_refuse_a_bad_top_p():
     for bad in ("0", "1.5"):
         with pytest.raises(SystemExit, match=f"--top_ps {float(bad)}"):
             validate_args(build_parser().parse_args(["--top_ps", bad]))
+
+
+def test_cpu_precision_before_variant_is_the_former_activation_and_optimizer_on_the_same_weights():
+    import argparse
+
+    import torch
+
+    from benchmarks.bench_cpu_precision import make_optimizer, stage_setups
+    from vqvae_transformer.models.defaults import PRIOR_ACTIVATION
+
+    models, _, _ = stage_setups(argparse.Namespace(tiny=True, channels=1))["prior"]
+    assert models["before"].config.activation_function == "gelu_new"
+    assert models["now"].config.activation_function == PRIOR_ACTIVATION
+    before, now = models["before"].state_dict(), models["now"].state_dict()
+    assert before.keys() == now.keys() and all(torch.equal(before[k], now[k]) for k in now)
+    assert not make_optimizer(models["now"], "before").defaults["fused"]
+    assert make_optimizer(models["now"], "fp32").defaults["fused"]

@@ -129,3 +129,49 @@ def test_bf16_on_cpu_trains_both_stages_of_the_tiny_config_without_nans(tmp_path
     for stage in ("vqvae", "prior"):
         weights = load_file(next((tmp_path / stage).glob("*.safetensors")))
         assert all(torch.isfinite(t.float()).all() for t in weights.values() if t.is_floating_point()), stage
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_auto_is_bf16_only_where_the_device_computes_it_natively(monkeypatch, native):
+    from vqvae_transformer.training import loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native)
+    for device in ("cpu", "cuda"):
+        precision, reason = loop.resolve_mixed_precision("auto", torch.device(device))
+        assert precision == ("bf16" if native else "no") and reason.startswith("--mixed_precision auto: ")
+    assert loop.resolve_mixed_precision("auto", torch.device("mps"))[0] == "no"
+    for given in ("no", "fp16", "bf16"):  # a given value is never replaced
+        assert loop.resolve_mixed_precision(given, torch.device("cpu")) == (given, "as given")
+
+
+def test_the_summary_records_the_precision_that_ran_and_the_flag(tmp_path):
+    from vqvae_transformer.training.loop import cpu_has_native_bf16
+    from vqvae_transformer.training.presets import CPU_PRESET
+
+    assert CPU_PRESET["mixed_precision"] == "auto"
+    code = run_cli(train_main.main, [*DATA, *VQVAE, *PRIOR, "--vqvae_steps", "2", "--prior_steps", "2",
+                                     "--eval_steps", "2", "--output_dir", str(tmp_path)])
+    assert code == 0
+    settings = json.loads((tmp_path / "training_summary.json").read_text())["settings"]
+    assert settings["mixed_precision_flag"] == "auto"
+    assert settings["mixed_precision"] == ("bf16" if cpu_has_native_bf16() else "no")
+
+
+def test_the_fused_optimizer_takes_the_same_steps_as_the_default_adamw_loop():
+    from vqvae_transformer.training.loop import build_optimizer
+
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(8, 4) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = build_optimizer(models[0], "cpu", learning_rate=1e-2, betas=(0.9, 0.99), weight_decay=0.01)
+    plain = torch.optim.AdamW(models[1].parameters(), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.01)
+    assert fused.defaults["fused"] and not build_optimizer(models[0], "mps", 1e-2, (0.9, 0.99), 0.0).defaults["fused"]
+    for _ in range(5):
+        x = torch.randn(16, 8)
+        for model, optimizer in zip(models, (fused, plain)):
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

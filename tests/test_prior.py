@@ -305,6 +305,52 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(sample_tokens(loaded, [0, 1], seed=0), sample_tokens(prior, [0, 1], seed=0))
 
 
+def test_prior_activation_is_gpt2_gelu_as_one_kernel_so_old_and_new_priors_compute_the_same():
+    """Priors are built with the fused tanh GELU; one saved with GPT-2's ``gelu_new`` (before) and the same weights
+    gives the same logits, so either kind of saved prior samples alike."""
+    from transformers import GPT2Config
+
+    config = build_prior_config(16, 3, (2, 3), n_layer=2, n_embd=16, n_head=2)
+    assert config.activation_function == "gelu_pytorch_tanh"
+    torch.manual_seed(0)
+    prior = build_prior(config).eval()
+    former = build_prior(GPT2Config.from_dict({**config.to_dict(), "activation_function": "gelu_new"})).eval()
+    former.load_state_dict(prior.state_dict())
+    tokens, labels = random_batch(num_users=3, grid=(2, 3))
+    input_ids = make_prior_batch(tokens, labels, vocabulary_from_config(config), 0.0)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(prior(input_ids).logits, former(input_ids).logits, rtol=0, atol=1e-5)
+
+
+def test_figures_follow_eval_steps_while_the_small_data_rule_evaluates_more_often():
+    from vqvae_transformer.training.train_prior import figure_due
+
+    due = [s for s in [*range(100, 1300, 100), 1300] if figure_due(s, 100, 700, 1300)]
+    assert due == [700, 1300]  # the small-data rule: evaluations every 100 steps, figures every 700 and at the end
+    assert [s for s in (700, 1300) if figure_due(s, 700, 700, 1300)] == [700, 1300]  # the preset: every evaluation
+    assert [s for s in (150, 300, 450, 600) if figure_due(s, 150, 400, 600)] == [450, 600]  # first eval past 400
+
+
+def test_evaluations_between_figures_measure_the_validation_loss_only(tmp_path, monkeypatch):
+    from tests.test_pipeline import tiny_pipeline
+    from vqvae_transformer.models.reconstruction import encode_tokens
+    from vqvae_transformer.training import train_prior
+
+    pipe = tiny_pipeline(channels=1)
+    drawn = []
+    monkeypatch.setattr(train_prior, "save_labelled_grid", lambda *a, **k: drawn.append(k.get("title")))
+    monkeypatch.setattr(train_prior, "save_curves", lambda *a, **k: None)
+    val_tokens, val_labels = encode_tokens(pipe.vqvae, torch.rand(3, 1, 16, 16) * 2 - 1), torch.tensor([0, 1, 2])
+    evaluate = train_prior.make_prior_eval(pipe.vqvae, val_tokens, val_labels, pipe.user_ids, tmp_path,
+                                           batch_size=4, seed=3, resolution=16, figure_cadence=(2, 4, 6))
+    metrics = {step: evaluate(pipe.prior, step, []) for step in (2, 4, 6)}
+    assert drawn == ["prior samples at step 4", "prior samples at step 6"]
+    assert set(metrics[2]) == {"loss", "perplexity"}  # no grid, no second pass for the user-token gain
+    assert set(metrics[4]) == set(metrics[6]) == {"loss", "perplexity", "user_token_gain"}
+    assert metrics[2]["loss"] == metrics[4]["loss"] == train_prior.validation_loss(pipe.prior, val_tokens,
+                                                                                   val_labels, 4)
+
+
 def test_training_sample_grid_is_drawn_through_the_pipeline_with_its_defaults(tmp_path, monkeypatch):
     """The prior's evaluation grid shows what generate_main would write: the pipeline's images for the same
     generator seed and shipped sampling settings, coloured back for false-colour data."""

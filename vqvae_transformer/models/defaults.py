@@ -29,3 +29,5 @@ N_EMBD = 192
 N_HEAD = 8
 PRIOR_DROPOUT = 0.0
 TOKEN_ORDER = "column"  # column by column = time order
+# GPT-2's tanh-approximated GELU as one fused kernel ("gelu_new" is the same function in 6 element-wise ops).
+PRIOR_ACTIVATION = "gelu_pytorch_tanh"

@@ -13,7 +13,7 @@ from ..data.colormap import COLORMAP_CHOICES, DEFAULT_COLORMAP
 from ..cli import ArgumentParser  # noqa: F401  (the one CLI parser; re-exported for the stage modules)
 from ..errors import UserInputError
 from ..layout import DEFAULT_MODEL_DIR
-from .loop import LoopConfig
+from .loop import MIXED_PRECISIONS, LoopConfig
 from .presets import PRESETS, apply_preset, resolve_preset
 
 DEFAULT_OUTPUT_DIR = DEFAULT_MODEL_DIR
@@ -164,8 +164,9 @@ def add_loop_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimiser step")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
     g.add_argument("--lr_warmup_steps", type=int, default=None, help="linear warm-up steps (default: 5%% of steps)")
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                   help="mixed precision")
+    g.add_argument("--mixed_precision", choices=MIXED_PRECISIONS, default=None,
+                   help="mixed precision; auto = bf16 where the device computes it natively (a CPU with AVX-512 "
+                        "BF16 or AMX, a CUDA GPU with bf16), else no (default: the preset's)")
     g.add_argument("--seed", type=int, default=0, help="seed of data split, simulation, initialisation, sampling")
     g.add_argument("--checkpointing_steps", type=int, default=None, help="save training state every N steps")
     g.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep at most this many checkpoints")

@@ -263,6 +263,8 @@ def train(args: argparse.Namespace) -> dict:
                      "data": {"source": data.source, "num_users": data.num_users, "user_ids": data.user_ids,
                               "train_images": len(train_idx), "val_images": len(val_idx),
                               "resolution": data.resolution, "channels": data.channels}}
+    # What ran, not what was asked: --mixed_precision auto is resolved for this machine by make_accelerator.
+    summary["settings"].update(mixed_precision=accelerator.mixed_precision, mixed_precision_flag=args.mixed_precision)
     first_stage, finished, new_stage1 = _run_stage1(args, accelerator, data, train_idx, val_idx, summary)
     if finished and accelerator.is_main_process:
         _write_summary(output_dir, summary)  # stage 1's figures survive an interruption of stage 2
