@@ -24,3 +24,17 @@ def private_data_cache(tmp_path_factory):
         os.environ.pop("VQVAE_TRANSFORMER_CACHE", None)
     else:
         os.environ["VQVAE_TRANSFORMER_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts with no Accelerate state: mixed precision is fixed per process once an Accelerator exists,
+    and in-process runs differ in it (the presets' ``auto`` is bf16 on CPUs with native bf16, ``LoopConfig``'s
+    default is ``no``)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

@@ -29,16 +29,6 @@ PRIOR = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2"]
 FAULT_STEP = 3  # checkpoints every 2 steps: checkpoint-2 is the last good one
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each test starts with no Accelerate state (mixed precision is fixed per process once set)."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -298,7 +298,10 @@ class StopSignals:
 def make_accelerator(cfg: LoopConfig) -> Accelerator:
     """An ``Accelerator`` for this stage: mixed precision, accumulation, trackers, a seedable sampler."""
     log_with = None if cfg.report_to in ("none", "", None) else cfg.report_to
-    precision, reason = resolve_mixed_precision(cfg.mixed_precision, PartialState().device)
+    # The device the Accelerator will use, found as AcceleratorState finds it (ACCELERATE_USE_CPU: `accelerate
+    # launch --cpu`); a PartialState made without it would fix a multi-process CPU run to one process.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    precision, reason = resolve_mixed_precision(cfg.mixed_precision, state.device)
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
