@@ -1,8 +1,8 @@
 """Numerical faults: a NaN loss stops training in one line naming stage and step, keeps the last good checkpoint
 and writes no final model; ``--mixed_precision bf16`` on CPU trains both stages of the tiny config without NaNs.
 
-Everything runs in-process (no interpreter start-ups); Accelerate's process-wide state is reset around each test
-because these tests create accelerators with different mixed-precision settings.
+Everything runs in-process (no interpreter start-ups); Accelerate's process-wide state is reset around every test
+by ``tests/conftest.py`` because tests create accelerators with different mixed-precision settings.
 """
 
 from __future__ import annotations
