@@ -4,9 +4,10 @@ What ``train_main.py --mixed_precision bf16`` changes on a CPU: Accelerate runs 
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the quantizer's lookup and EMA stay in float32). This benchmark
 times the project's own step functions (:class:`~vqvae_transformer.training.train_vqvae.VQVAEStep` and
 :class:`~vqvae_transformer.training.train_prior.PriorStep`, backward pass and AdamW step included) on the CPU
-preset's models at their real batch shapes (the prior with the small-data rule's dropout), alternating float32 and
-bf16 rounds so that both see the same machine load, and prints the median seconds per step and the ratio. Whether
-the CPU computes bf16 natively (AVX-512 BF16 / AMX) is printed too: without it bf16 is emulated and slower.
+preset's models at their real batch shapes (the prior with the dropout it trains with on small data), alternating
+float32 and bf16 rounds so that both see the same machine load, and prints the median seconds per step and the
+ratio. Whether the CPU computes bf16 natively (AVX-512 BF16 / AMX) is printed too: without it bf16 is emulated and
+slower.
 
 A third variant, ``before``, is float32 with what the project used before its step-time changes: PyTorch's default
 per-parameter AdamW loop on the CPU instead of the fused kernel (:func:`~vqvae_transformer.training.loop.build_optimizer`)
@@ -81,8 +82,9 @@ def stage_setups(args: argparse.Namespace) -> dict:
     vqvae = build_vqvae(vq_args, args.channels, resolution)
     images = torch.rand(batch_vq, args.channels, resolution, resolution) * 2 - 1  # (B, C, R, R) in [-1, 1]
     grid = (resolution // 2 ** (len(preset["block_out_channels"]) - 1),) * 2
+    dropout = SMALL_DATA_PRIOR.get("prior_dropout", preset["prior_dropout"])  # what the prior trains with on small data
     config = build_prior_config(preset["codebook_size"], 31, grid, n_layer=preset["n_layer"], n_embd=preset["n_embd"],
-                                n_head=preset["n_head"], dropout=SMALL_DATA_PRIOR["prior_dropout"],
+                                n_head=preset["n_head"], dropout=dropout,
                                 attention_dropout=preset["prior_attention_dropout"])
     prior = build_prior(config)
     former = build_prior(GPT2Config.from_dict({**config.to_dict(), "activation_function": BEFORE_ACTIVATION}))

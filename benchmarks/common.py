@@ -54,6 +54,12 @@ def run_script(command: list[str], log_path: Path, threads: int, ok_codes: tuple
     Raises:
         subprocess.CalledProcessError: for an exit code outside ``ok_codes``, after printing the last lines of the log.
     """
+    return run_script_status(command, log_path, threads, ok_codes)[0]
+
+
+def run_script_status(command: list[str], log_path: Path, threads: int,
+                      ok_codes: tuple[int, ...] = (0,)) -> tuple[float, int]:
+    """:func:`run_script` that also returns the exit code: ``(wall seconds, exit code)``."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -70,4 +76,4 @@ def run_script(command: list[str], log_path: Path, threads: int, ok_codes: tuple
             tail = [line.rsplit("\r", 1)[-1] for line in lines][-STDERR_TAIL_LINES:]  # last state of tqdm bars
             print(f"\n{command[0]} failed; last lines of {log_path}:\n" + "\n".join(tail), file=sys.stderr)
             raise
-    return time.perf_counter() - start
+    return time.perf_counter() - start, done.returncode

@@ -100,3 +100,14 @@ def test_cpu_precision_before_variant_is_the_former_activation_and_optimizer_on_
     assert before.keys() == now.keys() and all(torch.equal(before[k], now[k]) for k in now)
     assert not make_optimizer(models["now"], "before").defaults["fused"]
     assert make_optimizer(models["now"], "fp32").defaults["fused"]
+
+
+def test_run_script_status_returns_the_exit_code_and_refuses_codes_outside_ok_codes(tmp_path):
+    from benchmarks.common import run_script_status
+
+    seconds, code = run_script_status(["-c", "import sys; print('hi'); sys.exit(1)"], tmp_path / "a.log", 1,
+                                      ok_codes=(0, 1))
+    assert code == 1 and seconds > 0 and "hi" in (tmp_path / "a.log").read_text()
+    assert run_script_status(["-c", "pass"], tmp_path / "b.log", 1)[1] == 0
+    with pytest.raises(subprocess.CalledProcessError):
+        run_script_status(["-c", "import sys; sys.exit(1)"], tmp_path / "c.log", 1)
