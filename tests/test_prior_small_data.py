@@ -83,6 +83,51 @@ def test_stage_settings_follow_the_images_per_user(tmp_path, monkeypatch):
     assert given_cfg.early_stopping_patience == 5  # a given flag wins
 
 
+def test_a_preset_s_own_small_data_rule_sets_batch_steps_and_warm_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(presets, "SMALL_DATA_PRIOR", FULL_RULE)
+    monkeypatch.setattr(presets, "SMALL_DATA_PRIOR_BY_PRESET",
+                        {"cpu": {"prior_batch_size": 2, "prior_steps": 400, "prior_eval_steps": 40}, "gpu": {}})
+    cfg = LoopConfig(output_dir=tmp_path, checkpoint_dir=tmp_path / "c", max_train_steps=200, batch_size=4,
+                     learning_rate=1e-3, eval_steps=100, lr_warmup_steps=10, tracker_config={"prior_steps": 200})
+    filled = ["prior_time_shifts", "prior_dropout", "eval_steps", "prior_early_stopping", "prior_batch_size",
+              "prior_steps"]
+    few = torch.arange(3).repeat_interleave(10)
+    args = argparse.Namespace(prior_time_shifts=0, prior_dropout=0.0, prior_early_stopping=0, prior_batch_size=4,
+                              prior_steps=200, lr_warmup_steps=None, preset_filled=filled, preset_name="cpu")
+    new_args, new_cfg, reason = stage_settings(args, cfg, few)
+    assert (new_args.prior_batch_size, new_args.prior_steps) == (2, 400)
+    assert (new_cfg.batch_size, new_cfg.max_train_steps, new_cfg.eval_steps) == (2, 400, 40)
+    assert new_cfg.lr_warmup_steps == 20  # 5 % of the steps, as loop_config does
+    assert new_cfg.tracker_config["prior_steps"] == 400  # trackers record the steps run
+    assert "prior_batch_size=2" in reason and "prior_steps=400" in reason
+    assert new_args.prior_time_shifts == FULL_RULE["prior_time_shifts"]  # the common rule applies too
+    assert (cfg.batch_size, cfg.max_train_steps, args.prior_steps) == (4, 200, 200)  # the caller's are untouched
+    given_warmup = argparse.Namespace(**{**vars(args), "lr_warmup_steps": 7})
+    assert stage_settings(given_warmup, cfg, few)[1].lr_warmup_steps == 7
+    given_steps = argparse.Namespace(**{**vars(args), "preset_filled": [f for f in filled if f != "prior_steps"]})
+    kept_args, kept_cfg, reason = stage_settings(given_steps, cfg, few)
+    assert (kept_cfg.batch_size, kept_cfg.max_train_steps, kept_args.prior_steps) == (2, 200, 200)
+    assert "kept as given: " in reason and "prior_steps" in reason.split("kept as given: ")[1]
+    by_epochs = argparse.Namespace(**{**vars(args), "prior_epochs": 3.0})  # steps follow the epochs given
+    assert stage_settings(by_epochs, cfg, few)[1].max_train_steps == 200
+    gpu = argparse.Namespace(**{**vars(args), "preset_name": "gpu"})
+    gpu_args, gpu_cfg, _ = stage_settings(gpu, cfg, few)
+    assert (gpu_cfg.batch_size, gpu_cfg.max_train_steps, gpu_cfg.eval_steps) == (4, 200, FULL_RULE["prior_eval_steps"])
+    many = torch.arange(3).repeat_interleave(SMALL_DATA_IMAGES_PER_USER)
+    assert stage_settings(args, cfg, many)[1] == cfg  # not small: nothing changes
+
+
+def test_the_real_cpu_small_data_rule_trains_smaller_steps_on_about_the_same_sequences():
+    cpu, rule = presets.CPU_PRESET, presets.small_data_rule("cpu")
+    assert rule["prior_batch_size"] < cpu["prior_batch_size"]
+    sequences, preset_sequences = (s["prior_steps"] * s["prior_batch_size"] for s in (rule, cpu))
+    assert 0.85 * preset_sequences <= sequences <= preset_sequences  # no longer than the preset's budget
+    # evaluations as often in training sequences as the common rule's at the preset's batch
+    assert rule["prior_eval_steps"] * rule["prior_batch_size"] == \
+        presets.SMALL_DATA_PRIOR["prior_eval_steps"] * cpu["prior_batch_size"]
+    assert presets.small_data_rule("gpu") == presets.small_data_rule(None) == presets.SMALL_DATA_PRIOR
+
+
 def test_the_real_small_data_rule_stops_early_and_augments_without_dropout():
     rule, cpu = presets.SMALL_DATA_PRIOR, presets.CPU_PRESET
     assert rule["prior_early_stopping"] > 0 and cpu["prior_early_stopping"] == 0

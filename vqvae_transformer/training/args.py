@@ -192,6 +192,7 @@ def finalize_args(args: argparse.Namespace) -> str:
     name, preset = resolve_preset(args.preset)
     # What the preset filled may still follow the data size (stage 2 on small data); what was given never changes.
     args.preset_filled = apply_preset(args, preset)
+    args.preset_name = name
     validate_args(args)
     return name
 

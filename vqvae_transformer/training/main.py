@@ -298,7 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_writable(args.output_dir, "--output_dir")
     if args.push_to_hub and not args.hub_model_id:
         raise UserInputError("--push_to_hub needs --hub_model_id (e.g. your-name/microdoppler-generator)")
-    args.preset_name = preset
     if args.init_from and args.init_from != NO_SOURCE:
         adopt_init_source(args)
     vqvae_dir = Path(args.output_dir) / VQVAE_FOLDER

@@ -83,14 +83,22 @@ def stage_settings(args: argparse.Namespace, cfg: LoopConfig, train_labels: torc
     """
     per_user = float(torch.bincount(train_labels).float().median()) if len(train_labels) else 0.0
     filled = set(getattr(args, "preset_filled", ()))
-    given = {"prior_time_shifts", "prior_dropout", "prior_early_stopping"} - filled
+    given = {"prior_time_shifts", "prior_dropout", "prior_early_stopping", "prior_batch_size", "prior_steps"} - filled
     if "eval_steps" not in filled:
         given.add("prior_eval_steps")
-    settings, reason = small_data_prior_settings(per_user, given)
+    if getattr(args, "prior_epochs", None):  # the steps follow the epochs given
+        given.add("prior_steps")
+    settings, reason = small_data_prior_settings(per_user, given, getattr(args, "preset_name", None))
     args = argparse.Namespace(**vars(args))
-    for key in ("prior_time_shifts", "prior_dropout"):
+    for key in ("prior_time_shifts", "prior_dropout", "prior_batch_size", "prior_steps"):
         if key in settings:
             setattr(args, key, settings[key])
+    if "prior_batch_size" in settings or "prior_steps" in settings:
+        steps = settings.get("prior_steps", cfg.max_train_steps)
+        warmup = args.lr_warmup_steps if getattr(args, "lr_warmup_steps", None) is not None else max(1, steps // 20)
+        cfg = dataclasses.replace(cfg, batch_size=settings.get("prior_batch_size", cfg.batch_size),
+                                  max_train_steps=steps, lr_warmup_steps=warmup, eval_steps=min(cfg.eval_steps, steps),
+                                  tracker_config={**cfg.tracker_config, **settings})
     if "prior_eval_steps" in settings:
         cfg = dataclasses.replace(cfg, eval_steps=min(settings["prior_eval_steps"], cfg.max_train_steps))
     args.prior_early_stopping = settings.get("prior_early_stopping", getattr(args, "prior_early_stopping", 0) or 0)
