@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import generate_main
 from test_keep_attributed import USERS, _argv, model_dir  # noqa: F401  (model_dir is a fixture)
@@ -60,6 +62,47 @@ def test_the_pipeline_keeps_the_image_start_for_strength(model_dir):  # noqa: F8
     plain = pipe(user_ids=[1, 2], num_images_per_user=2, output_type="latent",
                  generator=torch.Generator().manual_seed(0)).images
     assert torch.equal(out, plain)  # strength 1 ignores the image: plain sampling, same draws
+
+
+def test_the_pipeline_takes_pil_sources_as_a_training_folder_reads_them(model_dir):  # noqa: F811
+    pipe = VQVAETransformerPipeline.from_pretrained(model_dir)
+    data, train_idx, _ = load_model_data(model_dir)
+    files = [data.paths[i] for i in train_idx[:4]]
+    pil = [Image.open(f) for f in files]
+    # one PIL image per requested image: the same tensor as training read from those files
+    assert torch.equal(pipe._source_images(pil, 4, 2), data.images[train_idx[:4]])
+    as_tensor = pipe(user_ids=[1, 2], num_images_per_user=2, image=data.images[train_idx[:4]], strength=0.5,
+                     output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    as_pil = pipe(user_ids=[1, 2], num_images_per_user=2, image=pil, strength=0.5, output_type="latent",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(as_pil, as_tensor)
+    # one for all, one per user (repeated user-major), an RGB copy of a gray image read as gray
+    one = pipe._source_images(pil[0], 4, 2)
+    assert one.shape == (4, 1, 16, 16) and all(torch.equal(one[i], one[0]) for i in range(4))
+    per_user = pipe._source_images(pil[:2], 4, 2)
+    assert torch.equal(per_user[1], per_user[0]) and torch.equal(per_user[2], per_user[3])
+    assert not torch.equal(per_user[0], per_user[2])
+    assert torch.equal(pipe._source_images(pil[0].convert("RGB"), 1, 1), pipe._source_images(pil[0], 1, 1))
+    with pytest.raises(UserInputError, match="got 3 images for 2 user"):
+        pipe(user_ids=[1, 2], num_images_per_user=2, image=pil[:3], strength=0.5, output_type="latent")
+    with pytest.raises(UserInputError, match="a PIL image or a list of PIL images, got list"):
+        pipe(user_ids=[1, 2], num_images_per_user=2, image=["x.png"], strength=0.5, output_type="latent")
+
+
+def test_a_colormap_pipeline_reads_pil_sources_through_its_colormap(tmp_path):
+    from tests.test_pipeline import tiny_pipeline
+    from vqvae_transformer.data import colormap as cm
+
+    gray = tiny_pipeline(channels=1)
+    pipe = VQVAETransformerPipeline(vqvae=gray.vqvae, prior=gray.prior, user_ids=gray.user_ids, colormap="jet")
+    size = int(pipe.config.resolution)
+    scalar = np.linspace(0, 1, size * size, dtype=np.float32).reshape(size, size)  # (R, R) in [0, 1]
+    jet = Image.fromarray(np.round(cm.scalar_to_rgb(scalar, "jet") * 255).astype(np.uint8))
+    back = pipe._source_images(jet, 1, 1)  # (1, 1, R, R) in the model's value_range
+    low, high = pipe.config.value_range
+    assert back.shape == (1, 1, size, size)
+    error = ((back[0, 0] - low) / (high - low) - torch.from_numpy(scalar)).abs()  # jet's 8-bit colours: ~1 LUT step
+    assert float(error.mean()) < 1.0 / 255 and float(error.max()) < 3.0 / 255
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -287,21 +287,26 @@ def decode_image(source: str | os.PathLike | IO[bytes], resolution: int,
         image.load()
         if sizes is not None:
             sizes.append(image.size)
-        if image.mode in _HIGH_DEPTH_MODES:
-            gray = _resize_high_depth(image, resolution)  # [R, R]
-            return np.repeat(gray[None], 3, axis=0), True
-        if image.mode in _GRAY_MODES:
-            gray = np.asarray(_resize(image.convert("L"), resolution), dtype=np.float32) / 255.0  # [R, R]
-            return np.repeat(gray[None], 3, axis=0), True
-        rgb = image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA") else image.convert("RGB")
-        full = np.asarray(rgb)  # [H, W, 3] uint8
-        is_gray = bool(np.array_equal(full[..., 0], full[..., 1]) and np.array_equal(full[..., 0], full[..., 2]))
-        if colormap is not None and not is_gray:
-            scalar = cmaps.rgb_to_scalar(full, colormap)  # [H, W] in [0, 1]
-            resized = np.clip(np.asarray(_resize(Image.fromarray(scalar), resolution), dtype=np.float32), 0.0, 1.0)
-            return np.repeat(resized[None], 3, axis=0), True
-        small = np.asarray(_resize(rgb, resolution), dtype=np.float32) / 255.0  # [R, R, 3]
-        return np.ascontiguousarray(small.transpose(2, 0, 1)), is_gray
+        return decode_pil_image(image, resolution, colormap)
+
+
+def decode_pil_image(image: Image.Image, resolution: int, colormap: str | None = None) -> tuple[np.ndarray, bool]:
+    """:func:`decode_image` of an opened ``PIL.Image`` (any mode): the same ``(array [3, R, R] in [0, 1], is_gray)``."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        gray = _resize_high_depth(image, resolution)  # [R, R]
+        return np.repeat(gray[None], 3, axis=0), True
+    if image.mode in _GRAY_MODES:
+        gray = np.asarray(_resize(image.convert("L"), resolution), dtype=np.float32) / 255.0  # [R, R]
+        return np.repeat(gray[None], 3, axis=0), True
+    rgb = image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA") else image.convert("RGB")
+    full = np.asarray(rgb)  # [H, W, 3] uint8
+    is_gray = bool(np.array_equal(full[..., 0], full[..., 1]) and np.array_equal(full[..., 0], full[..., 2]))
+    if colormap is not None and not is_gray:
+        scalar = cmaps.rgb_to_scalar(full, colormap)  # [H, W] in [0, 1]
+        resized = np.clip(np.asarray(_resize(Image.fromarray(scalar), resolution), dtype=np.float32), 0.0, 1.0)
+        return np.repeat(resized[None], 3, axis=0), True
+    small = np.asarray(_resize(rgb, resolution), dtype=np.float32) / 255.0  # [R, R, 3]
+    return np.ascontiguousarray(small.transpose(2, 0, 1)), is_gray
 
 
 def _resize(image: Image.Image, resolution: int) -> Image.Image:

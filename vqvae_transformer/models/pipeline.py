@@ -46,6 +46,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import GPT2LMHeadModel
 
 from ..data.colormap import CANDIDATES as COLORMAP_CANDIDATES, scalar_to_rgb
+from ..data.folder import decode_pil_image, stack_images
 from ..errors import UserInputError
 from ..layout import MODEL_INDEX, PRIOR_FOLDER, VQVAE_FOLDER
 from . import first_stage as first_stage_module
@@ -404,7 +405,7 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         batch_size: int = 64,
         output_type: str = "pil",
         return_dict: bool = True,
-        image: torch.Tensor | None = None,
+        image: torch.Tensor | PIL.Image.Image | Sequence[PIL.Image.Image] | None = None,
         strength: float = 1.0,
     ) -> VQVAETransformerPipelineOutput | tuple:
         """Generate ``num_images_per_user`` images for each requested user.
@@ -439,11 +440,14 @@ class VQVAETransformerPipeline(DiffusionPipeline):
                 tensor ``[N, h, w]`` on the CPU, not decoded; ``pipe.vqvae.decode_tokens`` decodes them).
                 Images go through ``diffusers.image_processor.VaeImageProcessor.postprocess``.
             return_dict: return a :class:`VQVAETransformerPipelineOutput` (else ``(images, user_ids)``).
-            image: optional source recordings, one per requested image (user-major order), a float tensor
-                ``[N, C, R, R]`` as the first stage takes them (the model's channels, resolution and
-                ``value_range``). Each is encoded to codes and the start of its code sequence is kept: the prior
-                writes the rest (variations of a recording, as diffusers' image-to-image pipelines take an
-                ``image`` and a ``strength``).
+            image: optional source recordings: a float tensor ``[N, C, R, R]`` as the first stage takes them
+                (one per requested image, user-major order; the model's channels, resolution and
+                ``value_range``), or ``PIL`` images (one for every image, one per requested user, or one per
+                requested image), read as a training folder is: resized to the model's resolution, inverted
+                through the model's colormap for a false-colour model, made gray for a 1-channel one. Each is
+                encoded to codes and the start of its code sequence is kept: the prior writes the rest
+                (variations of a recording, as diffusers' image-to-image pipelines take an ``image`` and a
+                ``strength``).
             strength: in ``(0, 1]``, the share of the token grid the prior writes when ``image`` is given: the
                 first ``round((1 - strength) x w)`` token columns (time order: the start of the recording; rows
                 for a row-order prior) are kept from ``image``. 1 keeps nothing (plain sampling).
@@ -465,6 +469,7 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         all_labels = [label for label in labels for _ in range(num_images_per_user)]  # user-major order
         generators = self._image_generators(generator, len(all_labels))
         device = self._execution_device
+        image = self._source_images(image, len(all_labels), num_images_per_user)  # (N, C, R, R) or None
         kept = self._kept_lines(strength, image, len(all_labels))
 
         outputs = []
@@ -502,6 +507,37 @@ class VQVAETransformerPipeline(DiffusionPipeline):
         :meth:`__call__` keeps from an ``image``."""
         h, w = self.prior.config.token_grid
         return (w, h) if token_order_of(self.prior.config) == "column" else (h, w)
+
+    def _source_images(self, image, count: int, per_user: int) -> torch.Tensor | None:
+        """``image`` as :meth:`__call__` takes it -> a tensor ``[count, C, R, R]`` in ``value_range`` (a tensor, or
+        None, passes through to :meth:`_kept_lines`, which checks it).
+
+        PIL images are decoded as :func:`~vqvae_transformer.data.folder.load_image_folder` decodes a training
+        folder (RGB, resized to the resolution, inverted through the model's colormap, gray for one channel)
+        and repeated to one per requested image: one image for all, or one per requested user.
+
+        Raises:
+            UserInputError: not PIL images, or a count that is not 1, the number of users or ``count``.
+        """
+        if image is None or isinstance(image, torch.Tensor):
+            return image
+        images = [image] if isinstance(image, PIL.Image.Image) else image
+        if not isinstance(images, (list, tuple)) or not images or \
+                not all(isinstance(i, PIL.Image.Image) for i in images):
+            raise UserInputError(f"image must be a float tensor, a PIL image or a list of PIL images, got "
+                                 f"{type(image).__name__}")
+        users = count // per_user
+        repeats = {1: count, users: per_user, count: 1}.get(len(images))
+        if repeats is None:
+            raise UserInputError(f"got {len(images)} images for {users} user(s) x {per_user} image(s) each; pass "
+                                 f"one image, one per user ({users}) or one per requested image ({count})")
+        resolution, colormap = int(self.config.resolution), getattr(self.config, "colormap", None)
+        decoded = [decode_pil_image(i, resolution, colormap) for i in images]  # ([3, R, R] in [0, 1], is_gray)
+        tensor, _ = stack_images([a for a, _ in decoded], [g for _, g in decoded],
+                                 int(self.vqvae.config.in_channels))  # (len(images), C, R, R) in [-1, 1]
+        low, high = self.config.value_range
+        tensor = (tensor + 1.0) / 2.0 * (high - low) + low  # -> value_range
+        return tensor.repeat_interleave(repeats, dim=0)  # (count, C, R, R), user-major
 
     def _kept_lines(self, strength: float, image: torch.Tensor | None, count: int) -> int:
         """Token columns (rows for a row-order prior) kept from ``image`` for ``strength``; 0 without an image.
