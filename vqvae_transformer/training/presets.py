@@ -115,10 +115,10 @@ given."""
 SMALL_DATA_PRIOR_BY_PRESET: dict[str, dict] = {
     # The CPU preset's prior is compute-bound and still underfits its 1300 steps of 16 on small data: the same
     # training sequences in steps of 8 reach a lower validation loss (2600 x 8, seeds 0 / 1: 3.51 / 3.73 against
-    # 3.62 / 3.77 at 1300 x 16), and a step of 8 costs about half one of 16. 2400 steps of 8 (19 200 sequences
-    # against 20 800) with an evaluation every 200 steps (1600 sequences, as 100 steps of 16) fit the time the
-    # 1300 steps of 16 took, so a users'-shape run stays within 20 minutes (README, "Small data").
-    "cpu": {"prior_batch_size": 8, "prior_steps": 2400, "prior_eval_steps": 200},
+    # 3.62 / 3.77 at 1300 x 16). A step of 8 costs about 0.58 of one of 16 on 2 cores, so 2400 x 8 took a
+    # users'-shape run to 20.0 min (prior 708 s); 2200 x 8 (17 600 sequences against 20 800) with an evaluation
+    # every 200 steps (1600 sequences, as 100 steps of 16) fits the 20 minutes (README, "Small data").
+    "cpu": {"prior_batch_size": 8, "prior_steps": 2200, "prior_eval_steps": 200},
     # Never measured on a GPU (none here): the GPU preset keeps its batch and steps.
     "gpu": {},
 }
