@@ -44,6 +44,7 @@ from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_TE
 
 REPORT_FILE = "validation_report.json"
 RATIOS = ("gan_test_ratio", "cas_ratio", "fid_ratio")
+WITH_INTERVALS = (*RATIOS, "diversity_ratio")
 """Figures with a bootstrap interval in the report (``intervals.<name>``) shown as "estimate [low, high]"."""
 FIGURES = ("real_test_accuracy", "gan_test_accuracy", "cas_accuracy", *RATIOS, "memorization_rate",
            "diversity_ratio")
@@ -163,17 +164,17 @@ def generate_and_validate(args: argparse.Namespace, model_dir: Path, variant: di
            "generate_seconds": round(generate_seconds, 1), "validate_seconds": round(validate_seconds, 1)}
     for name in FIGURES:
         row[name] = report.get(name)
-    for name in RATIOS:
+    for name in WITH_INTERVALS:
         interval = report.get("intervals", {}).get(name) or {}
         row[f"{name}_ci"] = [interval.get("ci_low"), interval.get("ci_high")]
     return row
 
 
-def _with_ci(row: dict, name: str) -> str:
+def _with_ci(row: dict, name: str, fmt: str = ".2f") -> str:
     value, (low, high) = row[name], row[f"{name}_ci"]
     if value is None:
         return "n/a"
-    return f"{value:.2f} [{low:.2f}, {high:.2f}]" if low is not None and high is not None else f"{value:.2f}"
+    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]" if low is not None and high is not None else f"{value:{fmt}}"
 
 
 def format_rows(rows: list[dict]) -> list[str]:
@@ -186,7 +187,7 @@ def format_rows(rows: list[dict]) -> list[str]:
                      f"{row['real_test_accuracy']:.3f} | "
                      f"{_with_ci(row, 'gan_test_ratio')} | {_with_ci(row, 'cas_ratio')} | "
                      f"{_with_ci(row, 'fid_ratio')} | {row['memorization_rate']:.3f} | "
-                     f"{row['diversity_ratio']:.2f} | {', '.join(row['failed']) or '-'} |")
+                     f"{_with_ci(row, 'diversity_ratio', '.3f')} | {', '.join(row['failed']) or '-'} |")
     return lines
 
 

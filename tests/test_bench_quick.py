@@ -58,8 +58,9 @@ def test_bench_readme_commands_quick(tmp_path):
         assert row["passed"] == (not row["failed"])
         for name in ("real_test_accuracy", "gan_test_ratio", "cas_ratio", "fid_ratio", "diversity_ratio"):
             assert row[name] is not None and row[name] == row[name], name  # measured, not NaN
-        low, high = row["fid_ratio_ci"]
-        assert low is not None and low <= high
+        for name in ("fid_ratio", "diversity_ratio"):
+            low, high = row[f"{name}_ci"]
+            assert low is not None and low <= high, name
     assert set(record["summary"]) == {"s1_t0.9_g1.5_p1", "s0.5_t0.9_g1.5_p1"}
     assert record["summary"]["s1_t0.9_g1.5_p1"]["passed"] == int(rows[0]["passed"])
     assert "| 0 | 1 | 0.9 | 1.5 | 1 |" in stdout and "| 0 | 0.5 | 0.9 | 1.5 | 1 |" in stdout

@@ -213,6 +213,50 @@ def test_diversity_of_a_set_against_itself_is_one_and_of_copies_is_zero(judge, d
     assert collapsed == pytest.approx(0.0, abs=1e-6)
 
 
+def test_diversity_is_a_ratio_of_averages_over_users():
+    # user 0: generated spread 2, real 1; user 1: generated 2, real 4 -> (2 + 2) / (1 + 4) = 0.8, not (2 + 0.5) / 2
+    generated = torch.tensor([[0.0], [2.0], [0.0], [2.0]])
+    real = torch.tensor([[0.0], [1.0], [0.0], [4.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    ratio, per_user = M.diversity_ratio(generated, labels, real, labels)
+    assert ratio == pytest.approx(0.8) and per_user == pytest.approx({0: 2.0, 1: 0.5})
+
+
+def _same_distribution(seed: int, users: int = 31, generated: int = 10, real: int = 5, dim: int = 2):
+    """Generated and real features of each user from one Gaussian (user scales differ): the true ratio is 1."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.rand(users, generator=g) * 1.5 + 0.5
+    gen = torch.randn(users, generated, dim, generator=g) * scales[:, None, None]
+    val = torch.randn(users, real, dim, generator=g) * scales[:, None, None]
+    return (gen.reshape(-1, dim), torch.arange(users).repeat_interleave(generated),
+            val.reshape(-1, dim), torch.arange(users).repeat_interleave(real))
+
+
+def test_diversity_of_two_samples_of_one_distribution_is_one_without_the_mean_of_ratios_bias():
+    ratios, per_user_means = [], []
+    for seed in range(200):
+        ratio, per_user = M.diversity_ratio(*_same_distribution(seed))
+        ratios.append(ratio)
+        per_user_means.append(sum(per_user.values()) / len(per_user))
+    assert abs(sum(ratios) / len(ratios) - 1.0) < 0.015
+    assert sum(per_user_means) / len(per_user_means) > 1.05  # 5 real images per user: Jensen's bias, left behind
+
+
+def test_diversity_interval_covers_the_true_ratio_and_collapses_for_copies():
+    covered = 0
+    for seed in range(40):
+        interval = M.bootstrap_diversity_ci(*_same_distribution(seed, dim=8), seed=seed, n_resamples=200)
+        assert interval.ci_low <= interval.estimate <= interval.ci_high
+        covered += interval.ci_low <= 1.0 <= interval.ci_high
+    assert covered >= 34  # a 95 % interval: about 38 of 40
+    gen, gen_y, val, val_y = _same_distribution(0)
+    copies = gen[gen_y == 0][:1].repeat(10, 1)
+    again = M.bootstrap_diversity_ci(copies, torch.zeros(10, dtype=torch.long), val, val_y, seed=1, n_resamples=100)
+    assert again.estimate == again.ci_low == again.ci_high == pytest.approx(0.0)
+    assert M.bootstrap_diversity_ci(gen, gen_y, val, val_y, seed=3) == M.bootstrap_diversity_ci(gen, gen_y, val, val_y,
+                                                                                                  seed=3)
+
+
 def test_lpips_is_measured_only_with_pretrained_weights():
     images = torch.zeros(2, 1, 64, 64)
     value, reason = M.lpips_distance(images, images)

@@ -24,9 +24,9 @@ _METRIC_TEXT = [
     ("memorization_rate", "Share of generated images whose nearest training image (L2 in the judge's feature "
                           "space) is as close as the closest 1 % of real validation images are to theirs; "
                           "about 0.01 for a generator that does not copy, near 1 for one that does."),
-    ("diversity_ratio", "Mean pairwise feature distance among a user's generated images over the same among "
-                        "that user's real validation images, averaged over users (1 = as diverse as real, "
-                        "0 = the same image repeated)."),
+    ("diversity_ratio", "Mean pairwise feature distance among a user's generated images, averaged over users, "
+                        "over the same among the users' real validation images (1 = as diverse as real, "
+                        "0 = the same image repeated); the per-user table gives each user's own ratio."),
     ("codebook_usage", "Share of the tokenizer's codes used when encoding the real validation images."),
     ("codebook_perplexity", "exp(entropy) of the code distribution on the validation images."),
     ("normalized_entropy", "Entropy of that distribution over log K (1 = uniform)."),
@@ -103,7 +103,8 @@ def render_markdown(report: dict) -> str:
               "real_test_accuracy, fid_ratio = domain_fid / domain_fid_real. Pass/fail is judged on the point "
               "estimates; brackets show 95 % intervals: stratified (by user) percentile bootstrap over the test "
               "images for accuracies and their ratios (paired for cas_ratio, no retraining), over the generated "
-              "features and each real half for fid_ratio (recentred on the estimate), percentiles over random "
+              "features and each real half for fid_ratio (recentred on the estimate), over each user's generated "
+              "and real images for diversity_ratio (pairs of distinct images), percentiles over random "
               "subsets for the KIDs; see `intervals` in the JSON for the resample counts.", "",
               "## Metrics", "", "| metric | value | meaning |", "|---|---|---|"]
     for key, text in _METRIC_TEXT:

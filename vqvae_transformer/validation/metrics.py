@@ -247,8 +247,15 @@ def mean_pairwise_distance(feature_rows: torch.Tensor) -> float | None:
 
 def diversity_ratio(generated_features: torch.Tensor, generated_labels: torch.Tensor,
                     real_features: torch.Tensor, real_labels: torch.Tensor) -> tuple[float | None, dict[int, float]]:
-    """Mean pairwise distance among a user's generated images over the same among that user's real images,
-    averaged over users (1.0 = as diverse as real, 0 = one image repeated).
+    """How spread a user's generated images are against that user's real ones (1.0 = as diverse as real, 0 = one
+    image repeated): the mean pairwise distance among a user's generated images, averaged over users, over the same
+    among the real images.
+
+    The ratio is of the averages over users, not an average of per-user ratios: with ~5 real images per user each
+    user's real spread is a noisy denominator, and the mean of ratios is biased upward (Jensen). Measured in the
+    judge's features of real training images split 10 vs 5 per user (the same distribution on both sides, so the
+    right answer is 1), users'-shape data, 300 splits: the mean of per-user ratios gave 1.030 and 1.032 (two
+    judges), the ratio of averages 1.004 (README, "Diversity").
 
     Args:
         generated_features: ``[M, F]``.
@@ -257,19 +264,22 @@ def diversity_ratio(generated_features: torch.Tensor, generated_labels: torch.Te
         real_labels: ``[N]``.
 
     Returns:
-        ``(mean ratio over users, {label: ratio})``; users with fewer than 2 images on a side, or whose real
-        images are all identical, are left out (ratio None when no user is left).
+        ``(ratio, {label: that user's own ratio})``; users with fewer than 2 images on a side, or whose real
+        images are all identical, are left out of both (ratio None when no user is left).
     """
     per_user: dict[int, float] = {}
+    generated_sum = real_sum = 0.0
     for label in torch.unique(generated_labels).tolist():
         generated = mean_pairwise_distance(generated_features[generated_labels == label])
         real = mean_pairwise_distance(real_features[real_labels == label])
         if generated is None or real is None or real == 0.0:
             continue
         per_user[int(label)] = generated / real
+        generated_sum += generated
+        real_sum += real
     if not per_user:
         return None, per_user
-    return sum(per_user.values()) / len(per_user), per_user
+    return generated_sum / real_sum, per_user
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -460,6 +470,42 @@ def wilson_interval(successes: int, trials: int, level: float = CI_LEVEL) -> tup
     low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact bounds: rounding gives 0.9999999999999999
     high = 1.0 if successes == trials else min(1.0, centre + half)
     return low, high
+
+
+def bootstrap_diversity_ci(generated_features: torch.Tensor, generated_labels: torch.Tensor,
+                           real_features: torch.Tensor, real_labels: torch.Tensor, seed: int = 0,
+                           n_resamples: int = N_RESAMPLES, level: float = CI_LEVEL) -> Interval:
+    """Percentile-bootstrap interval of :func:`diversity_ratio`.
+
+    Each replicate resamples every user's generated and real images with replacement (stratified by user) and
+    recomputes the ratio; a pair made of one image drawn twice is left out of a mean pairwise distance (its
+    distance 0 would shrink the spread of small sets: a bootstrap of the pairs of distinct images).
+
+    Returns:
+        An :class:`Interval` around :func:`diversity_ratio` of the features (None when it is not measurable).
+    """
+    method = "stratified percentile bootstrap per user, pairs of distinct images"
+    estimate, per_user = diversity_ratio(generated_features, generated_labels, real_features, real_labels)
+    if estimate is None:
+        return Interval(None, None, None, level, n_resamples, method)
+    rng = np.random.default_rng(seed)
+    sums = {"generated": np.zeros(n_resamples), "real": np.zeros(n_resamples)}
+    for label in per_user:
+        for side, feats, labels in (("generated", generated_features, generated_labels),
+                                    ("real", real_features, real_labels)):
+            rows = feats[labels == label].detach().cpu().double()  # [n, F]
+            distances = torch.cdist(rows, rows).numpy()  # [n, n]
+            idx = rng.integers(0, rows.shape[0], (n_resamples, rows.shape[0]))  # [B, n]
+            pairs = distances[idx[:, :, None], idx[:, None, :]]  # [B, n, n]
+            distinct = idx[:, :, None] != idx[:, None, :]  # [B, n, n]
+            counts = distinct.sum(axis=(1, 2))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                spread = np.where(counts > 0, (pairs * distinct).sum(axis=(1, 2)) / np.maximum(counts, 1), np.nan)
+            sums[side] += spread  # a replicate that drew one image n times stays NaN
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = sums["generated"] / sums["real"]
+    low, high = _percentiles(ratios[np.isfinite(ratios)], level)
+    return Interval(float(estimate), low, high, level, n_resamples, method)
 
 
 def frechet_distance_features(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:

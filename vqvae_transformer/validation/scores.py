@@ -145,7 +145,7 @@ def _cas(gen_x: torch.Tensor, gen_y: torch.Tensor, val_x: torch.Tensor, val_y: t
 
 
 INTERVAL_METRICS = ("real_test_accuracy", "gan_test_accuracy", "cas_accuracy", "gan_test_ratio", "cas_ratio",
-                    "fid_ratio", "domain_kid", "domain_kid_real")
+                    "fid_ratio", "domain_kid", "domain_kid_real", "diversity_ratio")
 """Metrics whose report entries get a confidence interval (``report["intervals"]``)."""
 
 
@@ -171,6 +171,9 @@ def _intervals(real_correct: torch.Tensor, real_y: torch.Tensor, gen_correct: to
                                                     seed=seed)
         else:
             raise RuntimeError("CAS test images are not a subset of the real validation images in order")
+    diversity = M.bootstrap_diversity_ci(f_gen, gen_y, f_val, real_y, seed=seed)
+    if diversity.estimate is not None:
+        out["diversity_ratio"] = diversity
     if f_gen.shape[0] >= 2 and f_val.shape[0] >= 2:
         out["fid_ratio"] = M.bootstrap_fid_ratio_ci(f_gen, gen_y, f_val, real_y, seed=seed)
         kid, kid_std = M.kernel_distance(f_gen, f_val, seed=seed)
