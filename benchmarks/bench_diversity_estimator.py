@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 
 from vqvae_transformer.data.provenance import load_model_data
-from vqvae_transformer.models.judge import features, load_cached_judge
+from vqvae_transformer.models.judge import KEY_FILE, features, load_cached_judge
+from vqvae_transformer.validation.cli import DEFAULT_OUTPUT_DIR
 from vqvae_transformer.validation.metrics import diversity_ratio
+from vqvae_transformer.validation.scores import JUDGE_DIR
 
-JUDGE_FOLDER = Path("validation") / "judge"
+JUDGE_FOLDER = Path(DEFAULT_OUTPUT_DIR) / JUDGE_DIR
 """Where ``validate_main.py`` (default ``--output_dir``) caches the judge inside a model folder."""
 
 
@@ -73,7 +75,7 @@ def split_estimates(feats: torch.Tensor, labels: torch.Tensor, splits: int, gene
 def load_judge(model_dir: Path):
     """The judge ``validate_main.py`` cached in ``model_dir`` (one clear error when there is none)."""
     folder = model_dir / JUDGE_FOLDER
-    record = folder / "judge.json"
+    record = folder / KEY_FILE
     if not record.is_file():
         raise SystemExit(f"error: no cached judge in {folder}; run python validate_main.py --model_dir {model_dir} "
                          "first")
