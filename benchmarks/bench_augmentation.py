@@ -30,6 +30,8 @@ Run from the repository root::
     python -m benchmarks.bench_augmentation                          # k = 5, 10, 20, all; seeds 0 1 2; 31 users
     python -m benchmarks.bench_augmentation --k 5 --seeds 0 --json augmentation.json
     python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k 5 all   # the users' shape
+    python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k all \
+        --vqvae_steps preset --prior_steps preset        # the generator trained as the README's command trains it
     python -m benchmarks.bench_augmentation --init_from none simulator   # with and without simulator transfer
     python -m benchmarks.bench_augmentation --k 5 --strength 1 0.5      # plain samples and variations
     python -m benchmarks.bench_augmentation --num_users 4 --k 5 --m 4 --vqvae_steps 10 --prior_steps 10 \
@@ -64,6 +66,8 @@ TEST_SEED = 12345
 """Seed of the held-out test draw: fixed, so every k and every seed is tested on the same real images."""
 ALL = 0
 """``--k all`` (every non-test image of each user), stored as 0."""
+PRESET_STEPS = "preset"
+"""``--vqvae_steps preset`` / ``--prior_steps preset``: leave the steps to ``train_main.py``'s preset."""
 STRATEGIES = ("real", "mix", "mix_1to1", "filter", "pretrain")
 """Ways of training the classifier; ``real`` is the baseline and always runs (see the module docstring)."""
 
@@ -92,10 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of ID_<k>/ images instead of the simulated default (31 users x 64, 64 px)")
     parser.add_argument("--test_per_user", type=int, default=16,
                         help="held-out real test images per user (default: 16)")
-    parser.add_argument("--vqvae_steps", type=int, default=1600,
-                        help="stage-1 steps of train_main (default: 1600, batch 8 as in the CPU preset)")
-    parser.add_argument("--prior_steps", type=int, default=300,
-                        help="stage-2 steps of train_main (default: 300, batch 16 as in the CPU preset)")
+    parser.add_argument("--vqvae_steps", type=parse_steps, default=1600,
+                        help="stage-1 steps of train_main, or 'preset': the preset's, as the README's command "
+                             "trains (default: 1600, batch 8 as in the CPU preset)")
+    parser.add_argument("--prior_steps", type=parse_steps, default=300,
+                        help="stage-2 steps of train_main, or 'preset': the preset's and its small-data rule's "
+                             "(e.g. 2200 steps of 8 on a few dozen images per user), as the README's command trains "
+                             "(default: 300, batch 16 as in the CPU preset)")
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
                         help="train_main preset for every other model setting; resolution stays 64 (default: cpu)")
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
@@ -123,6 +130,22 @@ def parse_k(text: str) -> int:
     return value
 
 
+def parse_steps(text: str) -> int | None:
+    """``--vqvae_steps`` / ``--prior_steps`` value: a positive integer, or ``preset`` (None: the flag is not passed
+    to ``train_main.py``, so the preset and its small-data rule choose, as for the README's command)."""
+    if text == PRESET_STEPS:
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"steps must be a positive integer or '{PRESET_STEPS}', got {text}")
+    return value
+
+
+def steps_label(steps: int | None) -> str:
+    """Steps as printed: the number, or ``preset``."""
+    return PRESET_STEPS if steps is None else str(steps)
+
+
 def k_label(k: int) -> str:
     """``k`` as printed: the number, or ``all``."""
     return "all" if k == ALL else str(k)
@@ -131,7 +154,7 @@ def k_label(k: int) -> str:
 def validate_args(args: argparse.Namespace) -> None:
     """Reject impossible values, naming the flag and the value."""
     for flag in ("m", "num_users", "test_per_user", "vqvae_steps", "prior_steps", "classifier_steps"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
@@ -218,20 +241,25 @@ def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, s
     """Train both stages on ``data_dir`` with ``train_main.py`` (``--init_from init_from``).
 
     Returns:
-        ``(wall seconds, images the generator trained on)`` (the latter from ``training_summary.json``).
+        ``(wall seconds, images the generator trained on, {"vqvae": steps, "prior": steps})``, the last two from
+        ``training_summary.json`` (the steps actually trained, whoever chose them).
     """
-    last_step = max(args.vqvae_steps, args.prior_steps)
     command = ["train_main.py", "--data_dir", str(data_dir), "--output_dir", str(model_dir), "--lpips", "off",
-               "--seed", str(seed), "--preset", args.preset, "--resolution", str(RESOLUTION),
-               "--vqvae_steps", str(args.vqvae_steps), "--prior_steps", str(args.prior_steps),
-               # evaluate (figures, sample grid) and checkpoint once, at the end of each stage: the budget is steps
-               "--eval_steps", str(last_step), "--checkpointing_steps", str(last_step)]
+               "--seed", str(seed), "--preset", args.preset, "--resolution", str(RESOLUTION)]
+    for flag in ("vqvae_steps", "prior_steps"):
+        if getattr(args, flag) is not None:  # None: the preset's (and its small-data rule's) steps
+            command += [f"--{flag}", str(getattr(args, flag))]
+    if args.vqvae_steps is not None and args.prior_steps is not None:
+        # evaluate (figures, sample grid) and checkpoint once, at the end of each stage: the budget is steps
+        last_step = max(args.vqvae_steps, args.prior_steps)
+        command += ["--eval_steps", str(last_step), "--checkpointing_steps", str(last_step)]
     command += ["--val_fraction", "0"]  # the generator trains on all k images
     if init_from != "none":
         command += ["--init_from", init_from]
     seconds = run_script(command, model_dir.parent / f"{model_dir.name}_train.log", args.threads)
     summary = json.loads((model_dir / "training_summary.json").read_text())
-    return seconds, int(summary["data"]["train_images"])
+    steps = {stage: int(summary[stage]["steps"]) for stage in ("vqvae", "prior")}
+    return seconds, int(summary["data"]["train_images"]), steps
 
 
 def generate(args: argparse.Namespace, model_dir: Path, output_dir: Path, seed: int, strength: float = 1.0) -> float:
@@ -344,7 +372,7 @@ def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int]
     model_dir.mkdir(parents=True)
 
     print(f"{tag}: training the generator on {len(train_idx)} images ...", flush=True)
-    train_seconds, generator_images = train_generator(args, data_dir, model_dir, seed, init_from)
+    train_seconds, generator_images, generator_steps = train_generator(args, data_dir, model_dir, seed, init_from)
     rows = []
     for number, strength in enumerate(args.strength):
         generated_dir = run_dir / f"generated{number}"
@@ -361,7 +389,7 @@ def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int]
         rows.append({
             "k": k_label(k), "init_from": init_from, "strength": strength, "m": args.m, "seed": seed,
             "users": data.num_users, "test_images": len(test_idx), "generator_train_images": generator_images,
-            "generator_train_per_user": generator_images / data.num_users,
+            "generator_train_per_user": generator_images / data.num_users, "generator_steps": generator_steps,
             "generated_images": int(generated[0].shape[0]),
             "accuracy": {name: r["accuracy"] for name, r in results.items()},
             "gain_pp": {name: 100.0 * (r["accuracy"] - base) for name, r in results.items() if name != "real"},
@@ -431,7 +459,8 @@ def print_report(args: argparse.Namespace, rows: list[dict], skipped: list[str],
     first = rows[0]
     print(f"\nfew-shot augmentation: {first['users']} users, {first['test_images']} held-out real test images "
           f"({args.test_per_user}/user, never seen by the generator or the classifiers); generator "
-          f"{args.preset} preset at {RESOLUTION} px, {args.vqvae_steps} + {args.prior_steps} steps, "
+          f"{args.preset} preset at {RESOLUTION} px, {steps_label(args.vqvae_steps)} + {steps_label(args.prior_steps)} "
+          f"steps, "
           f"trained on all k images, M = {args.m} generated per user, guidance {args.guidance_scale}; classifiers: "
           f"judge CNN, same seed and augmentation, ~{args.classifier_steps} steps; "
           f"threads {args.threads or 'unset'}; {platform.machine()} {os.cpu_count()} cores")

@@ -130,3 +130,33 @@ def test_strength_flag_is_checked():
     for bad in ("0", "1.5", "nan"):
         with pytest.raises(ValueError, match="--strength"):
             B.validate_args(B.build_parser().parse_args(["--strength", bad]))
+
+
+@pytest.mark.parametrize("flags, passed", [
+    ([], {"--vqvae_steps": "1600", "--prior_steps": "300", "--eval_steps": "1600", "--checkpointing_steps": "1600"}),
+    (["--prior_steps", "preset"], {"--vqvae_steps": "1600"}),
+    (["--vqvae_steps", "preset", "--prior_steps", "preset"], {}),
+])
+def test_preset_steps_leave_the_budget_to_train_main(flags, passed, tmp_path, monkeypatch):
+    """``preset`` passes no step flag (nor the once-per-stage evaluation), so train_main's preset and its small-data
+    rule choose, as for the README's command; the steps actually trained come back from the summary."""
+    args = B.build_parser().parse_args(flags)
+    B.validate_args(args)
+    commands = []
+
+    def fake_run(command, log, threads):
+        commands.append(command)
+        (tmp_path / "training_summary.json").write_text(
+            '{"data": {"train_images": 62}, "vqvae": {"steps": 2800}, "prior": {"steps": 2200}}')
+        return 1.5
+
+    monkeypatch.setattr(B, "run_script", fake_run)
+    seconds, images, steps = B.train_generator(args, tmp_path / "data", tmp_path, seed=3)
+    assert (seconds, images, steps) == (1.5, 62, {"vqvae": 2800, "prior": 2200})
+    command = commands[0]
+    step_flags = {f: command[command.index(f) + 1] for f in
+                  ("--vqvae_steps", "--prior_steps", "--eval_steps", "--checkpointing_steps") if f in command}
+    assert step_flags == passed
+    assert command[command.index("--seed") + 1] == "3" and "--val_fraction" in command
+    with pytest.raises(SystemExit):
+        B.build_parser().parse_args(["--prior_steps", "0"])
