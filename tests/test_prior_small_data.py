@@ -117,6 +117,19 @@ def test_a_preset_s_own_small_data_rule_sets_batch_steps_and_warm_up(tmp_path, m
     assert stage_settings(args, cfg, many)[1] == cfg  # not small: nothing changes
 
 
+def test_the_first_settings_line_marks_prior_steps_the_preset_filled():
+    """Stage 2 may replace preset-filled prior steps (above): the run's first line must not present them as final."""
+    from vqvae_transformer.training.main import settings_line
+
+    args = argparse.Namespace(resolution=64, codebook_size=1024, vqvae_steps=2800, n_layer=4, n_embd=192,
+                              prior_steps=1300, preset_filled=["prior_steps", "vqvae_steps"])
+    line = settings_line(args, "cpu", "cpu")
+    assert line.startswith("preset cpu: 64 px, K=1024, stage 1 2800 steps, prior 4x192 1300 steps (the preset's")
+    assert "adapts them to small data" in line and line.endswith("device cpu")
+    given = argparse.Namespace(**{**vars(args), "preset_filled": ["vqvae_steps"]})
+    assert settings_line(given, "cpu", "cpu").endswith("prior 4x192 1300 steps, device cpu")  # a flag: final
+
+
 def test_the_real_cpu_small_data_rule_trains_smaller_steps_on_about_the_same_sequences():
     cpu, rule = presets.CPU_PRESET, presets.small_data_rule("cpu")
     assert rule["prior_batch_size"] < cpu["prior_batch_size"]

@@ -155,10 +155,16 @@ def test_generate_main_strength_writes_variations_and_records_their_sources(mode
             assert (tmp_path / "var" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
 
-def test_strength_with_keep_attributed_maps_kept_images_to_their_draws(model_dir, tmp_path):  # noqa: F811
+def test_strength_with_keep_attributed_maps_kept_images_to_their_draws(model_dir, tmp_path,  # noqa: F811
+                                                                        monkeypatch):
+    from vqvae_transformer.inference import generate as generate_module
+
+    resolved, resolve = [], generate_module.resolve_model_folder
+    monkeypatch.setattr(generate_module, "resolve_model_folder", lambda name: resolved.append(name) or resolve(name))
     argv = _argv(model_dir, tmp_path / "both", "--samples_per_user", "2", "--strength", "0.5", "--keep_attributed",
                  "--oversample", "2")
     assert generate_main.main(argv) == 0
+    assert resolved == [str(model_dir)]  # the model folder (or Hub id) is resolved once, for the pipeline and the rest
     info = json.loads((tmp_path / "both" / "generation_info.json").read_text())
     for user in USERS:
         kept = info["attribution"]["per_user"][str(user)]["kept_candidates"]

@@ -464,8 +464,12 @@ def check_generation_fits(args: argparse.Namespace, pipeline: VQVAETransformerPi
             "(run several times with other --seed values into other --output_dir folders for more images)")
 
 
-def load_pipeline(model_dir: str, device: torch.device) -> VQVAETransformerPipeline:
+def load_pipeline(model_dir: str, device: torch.device) -> tuple[VQVAETransformerPipeline, Path]:
     """Load the pipeline from a folder or Hub repo id and move it to ``device``.
+
+    Returns:
+        ``(pipeline, folder)``: the folder is the local one it was loaded from (a Hub id resolved once), for the
+        other files of the model (its training split, its judge).
 
     Raises:
         UserInputError: the default model folder does not exist (train first) or loading failed.
@@ -476,7 +480,7 @@ def load_pipeline(model_dir: str, device: torch.device) -> VQVAETransformerPipel
     folder = resolve_model_folder(model_dir)
     check_model_folder(folder, need=PIPELINE_PARTS)  # every file present, complete and of one model, before loading
     pipeline = VQVAETransformerPipeline.from_pretrained(folder)
-    return pipeline.to(device)
+    return pipeline.to(device), folder
 
 
 def run_generate_cli(args: argparse.Namespace) -> dict:
@@ -493,15 +497,15 @@ def run_generate_cli(args: argparse.Namespace) -> dict:
     # Cheap folder checks first (writability, foreign files), again with the user ids once the model is loaded.
     prepare_output_folder(args.output_dir, TOOL_NAME, overwrite=overwrite, staging_beside=True)
     device = resolve_device(args.device)
-    pipeline = load_pipeline(args.model_dir, device)
+    pipeline, folder = load_pipeline(args.model_dir, device)
     check_generation_fits(args, pipeline)  # disk and memory, before sampling
     attribution, oversample, sources = None, 1.0, None
     strength = getattr(args, "strength", None)
     if strength is not None and strength < 1.0:
-        sources = TrainingSources.for_model(resolve_model_folder(args.model_dir))
+        sources = TrainingSources.for_model(folder)
     if getattr(args, "keep_attributed", False):
         oversample = args.oversample if args.oversample is not None else DEFAULT_OVERSAMPLE
-        attribution = JudgeAttribution.for_model(resolve_model_folder(args.model_dir), seed=args.seed)
+        attribution = JudgeAttribution.for_model(folder, seed=args.seed)
     try:
         with sigterm_as_keyboard_interrupt():
             return generate_to_folder(

@@ -286,6 +286,15 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
+def settings_line(args: argparse.Namespace, preset: str, device: str) -> str:
+    """The run's first settings line. Prior steps the preset filled are marked as such: on small data stage 2
+    replaces them (``presets.small_data_rule``) and its own first line says so."""
+    adapts = " (the preset's: stage 2 adapts them to small data and says so)" if "prior_steps" in getattr(
+        args, "preset_filled", ()) else ""
+    return (f"preset {preset}: {args.resolution} px, K={args.codebook_size}, stage 1 {args.vqvae_steps} steps, "
+            f"prior {args.n_layer}x{args.n_embd} {args.prior_steps} steps{adapts}, device {device}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``train_main.py``."""
     from ..cli import setup_logging
@@ -305,9 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserInputError(f"--skip_vqvae, but {vqvae_dir} holds no trained stage 1")
     if args.skip_vqvae or (args.resume_from_checkpoint and vqvae_done(Path(args.output_dir))):
         adopt_saved_stage1(args, vqvae_dir, "--skip_vqvae" if args.skip_vqvae else "it already finished")
-    logger.info(f"preset {preset}: {args.resolution} px, K={args.codebook_size}, stage 1 {args.vqvae_steps} steps, "
-                f"prior {args.n_layer}x{args.n_embd} {args.prior_steps} steps, device "
-                f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    logger.info(settings_line(args, preset, "cuda" if torch.cuda.is_available() else "cpu"))
     summary = train(args)
     if summary["finished"] and not args.skip_prior:
         logger.info(f"done in {summary.get('wall_seconds', 0):.0f}s; model in {args.output_dir}; next: "

@@ -97,10 +97,11 @@ def stage_settings(args: argparse.Namespace, cfg: LoopConfig, train_labels: torc
         steps = settings.get("prior_steps", cfg.max_train_steps)
         warmup = args.lr_warmup_steps if getattr(args, "lr_warmup_steps", None) is not None else max(1, steps // 20)
         cfg = dataclasses.replace(cfg, batch_size=settings.get("prior_batch_size", cfg.batch_size),
-                                  max_train_steps=steps, lr_warmup_steps=warmup, eval_steps=min(cfg.eval_steps, steps),
+                                  max_train_steps=steps, lr_warmup_steps=warmup,
                                   tracker_config={**cfg.tracker_config, **settings})
-    if "prior_eval_steps" in settings:
-        cfg = dataclasses.replace(cfg, eval_steps=min(settings["prior_eval_steps"], cfg.max_train_steps))
+    if settings.keys() & {"prior_eval_steps", "prior_batch_size", "prior_steps"}:
+        eval_steps = settings.get("prior_eval_steps", cfg.eval_steps)
+        cfg = dataclasses.replace(cfg, eval_steps=min(eval_steps, cfg.max_train_steps))
     args.prior_early_stopping = settings.get("prior_early_stopping", getattr(args, "prior_early_stopping", 0) or 0)
     cfg = dataclasses.replace(cfg, early_stopping_patience=args.prior_early_stopping)
     return args, cfg, reason
