@@ -499,8 +499,7 @@ def bootstrap_diversity_ci(generated_features: torch.Tensor, generated_labels: t
             pairs = distances[idx[:, :, None], idx[:, None, :]]  # [B, n, n]
             distinct = idx[:, :, None] != idx[:, None, :]  # [B, n, n]
             counts = distinct.sum(axis=(1, 2))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                spread = np.where(counts > 0, (pairs * distinct).sum(axis=(1, 2)) / np.maximum(counts, 1), np.nan)
+            spread = np.where(counts > 0, (pairs * distinct).sum(axis=(1, 2)) / np.maximum(counts, 1), np.nan)
             sums[side] += spread  # a replicate that drew one image n times stays NaN
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = sums["generated"] / sums["real"]
