@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="optimisation steps of each classifier, rounded up to whole epochs (default: 300)")
     parser.add_argument("--threads", type=int, default=0,
                         help="OMP_NUM_THREADS for the subprocesses; 0 leaves it unset (default: 0)")
+    parser.add_argument("--generators_from", default=None,
+                        help="a folder an earlier run kept (--keep_dir): reuse its trained generators instead of "
+                             "training them (same data, k, --init_from and seeds; each k-shot folder is checked "
+                             "file by file); sampling and the classifiers run again (default: train them)")
     parser.add_argument("--keep_dir", action="store_true", help="keep the temporary folders (their path is printed)")
     parser.add_argument("--json", default=None, help="also write the settings and rows to this JSON file")
     return parser
@@ -161,6 +165,9 @@ def validate_args(args: argparse.Namespace) -> None:
     bad = [v for v in args.strength if not (math.isfinite(v) and 0.0 < v <= 1.0)]
     if bad:
         raise ValueError(f"--strength must be in (0, 1], got {bad[0]}")
+    if args.generators_from is not None and not Path(args.generators_from).is_dir():
+        raise ValueError(f"--generators_from {args.generators_from}: no such folder (give the folder an earlier "
+                         f"run printed with --keep_dir)")
     if args.data_dir is None and args.num_users > SIMULATED_USERS:
         raise ValueError(f"--num_users {args.num_users}: the simulated default has {SIMULATED_USERS} users")
 
@@ -237,7 +244,7 @@ def write_few_shot_folder(data: SpectrogramData, indices: list[int], folder: Pat
 
 
 def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, seed: int,
-                    init_from: str = "none") -> tuple[float, int]:
+                    init_from: str = "none") -> tuple[float, int, dict]:
     """Train both stages on ``data_dir`` with ``train_main.py`` (``--init_from init_from``).
 
     Returns:
@@ -260,6 +267,41 @@ def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, s
     summary = json.loads((model_dir / "training_summary.json").read_text())
     steps = {stage: int(summary[stage]["steps"]) for stage in ("vqvae", "prior")}
     return seconds, int(summary["data"]["train_images"]), steps
+
+
+def few_shot_files(folder: Path) -> set[str]:
+    """The ``ID_<id>/<file>`` names under a k-shot folder (what :func:`write_few_shot_folder` wrote)."""
+    return {path.relative_to(folder).as_posix() for path in folder.glob("ID_*/*") if path.is_file()}
+
+
+def reuse_generator(kept_run: Path, expected_data: Path) -> tuple[float, int, dict, Path]:
+    """A generator an earlier run trained (``--generators_from``), checked to be trained on the same k-shot files.
+
+    Args:
+        kept_run: ``<kept folder>/<run name>``, holding ``data/`` and ``model/``.
+        expected_data: this run's k-shot folder (just written by :func:`write_few_shot_folder`).
+
+    Returns:
+        ``(the earlier training's wall seconds, images it trained on, {"vqvae": steps, "prior": steps}, model
+        folder)``, from its ``training_summary.json``.
+
+    Raises:
+        FileNotFoundError: the kept run or its model summary is missing.
+        ValueError: its k-shot files differ from this run's draw (another data folder, k or seed).
+    """
+    summary_path = kept_run / "model" / "training_summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"--generators_from: no trained generator at {kept_run / 'model'} (was that run "
+                                f"made with the same --k, --init_from and --seeds, and --keep_dir?)")
+    kept, wanted = few_shot_files(kept_run / "data"), few_shot_files(expected_data)
+    if kept != wanted:
+        differ = sorted(kept ^ wanted)
+        raise ValueError(f"--generators_from: {kept_run / 'data'} differs from this run's k-shot draw in "
+                         f"{len(differ)} files (e.g. {differ[0]}): another --data_dir, --test_per_user or draw; "
+                         f"train the generators again")
+    summary = json.loads(summary_path.read_text())
+    steps = {stage: int(summary[stage]["steps"]) for stage in ("vqvae", "prior")}
+    return float(summary["wall_seconds"]), int(summary["data"]["train_images"]), steps, kept_run / "model"
 
 
 def generate(args: argparse.Namespace, model_dir: Path, output_dir: Path, seed: int, strength: float = 1.0) -> float:
@@ -369,10 +411,16 @@ def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int]
     run_dir = work / f"k{k_label(k)}_init{args.init_from.index(init_from)}_seed{seed}"
     data_dir, model_dir = run_dir / "data", run_dir / "model"
     write_few_shot_folder(data, train_idx, data_dir)
-    model_dir.mkdir(parents=True)
-
-    print(f"{tag}: training the generator on {len(train_idx)} images ...", flush=True)
-    train_seconds, generator_images, generator_steps = train_generator(args, data_dir, model_dir, seed, init_from)
+    if args.generators_from:
+        train_seconds, generator_images, generator_steps, model_dir = reuse_generator(
+            Path(args.generators_from) / run_dir.name, data_dir)
+        print(f"{tag}: reusing the generator in {model_dir} (trained on the same {len(train_idx)} images)",
+              flush=True)
+    else:
+        model_dir.mkdir(parents=True)
+        print(f"{tag}: training the generator on {len(train_idx)} images ...", flush=True)
+        train_seconds, generator_images, generator_steps = train_generator(args, data_dir, model_dir, seed,
+                                                                           init_from)
     rows = []
     for number, strength in enumerate(args.strength):
         generated_dir = run_dir / f"generated{number}"
@@ -390,7 +438,7 @@ def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int]
             "k": k_label(k), "init_from": init_from, "strength": strength, "m": args.m, "seed": seed,
             "users": data.num_users, "test_images": len(test_idx), "generator_train_images": generator_images,
             "generator_train_per_user": generator_images / data.num_users, "generator_steps": generator_steps,
-            "generated_images": int(generated[0].shape[0]),
+            "generator_reused": bool(args.generators_from), "generated_images": int(generated[0].shape[0]),
             "accuracy": {name: r["accuracy"] for name, r in results.items()},
             "gain_pp": {name: 100.0 * (r["accuracy"] - base) for name, r in results.items() if name != "real"},
             "filter_acceptance": results.get("filter", {}).get("acceptance"),

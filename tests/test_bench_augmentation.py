@@ -160,3 +160,26 @@ def test_preset_steps_leave_the_budget_to_train_main(flags, passed, tmp_path, mo
     assert command[command.index("--seed") + 1] == "3" and "--val_fraction" in command
     with pytest.raises(SystemExit):
         B.build_parser().parse_args(["--prior_steps", "0"])
+
+
+def test_generators_from_reuses_a_kept_generator_only_for_the_same_k_shot_files(tmp_path):
+    """``--generators_from``: a kept run's model is reused when its k-shot folder holds exactly this draw's files;
+    another draw, or a missing model, is refused with the folder named."""
+    kept_run, draw = tmp_path / "kept" / "k5_init0_seed1", tmp_path / "draw"
+    for folder in (kept_run / "data", draw):
+        for name in ("ID_1/a.png", "ID_2/b.jpg"):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(b"x")
+    (kept_run / "model").mkdir()
+    (kept_run / "model" / "training_summary.json").write_text(
+        '{"wall_seconds": 1234.5, "data": {"train_images": 10}, "vqvae": {"steps": 2800}, "prior": {"steps": 2200}}')
+    seconds, images, steps, model = B.reuse_generator(kept_run, draw)
+    assert (seconds, images, steps, model) == (1234.5, 10, {"vqvae": 2800, "prior": 2200}, kept_run / "model")
+
+    (draw / "ID_2" / "c.png").write_bytes(b"x")  # another draw: one file more
+    with pytest.raises(ValueError, match="differs from this run's k-shot draw in 1 files .*ID_2/c.png"):
+        B.reuse_generator(kept_run, draw)
+    with pytest.raises(FileNotFoundError, match="no trained generator"):
+        B.reuse_generator(tmp_path / "kept" / "k5_init0_seed2", draw)
+    with pytest.raises(ValueError, match="--generators_from .*no such folder"):
+        B.validate_args(B.build_parser().parse_args(["--generators_from", str(tmp_path / "nowhere")]))
