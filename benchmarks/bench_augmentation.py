@@ -14,6 +14,8 @@ generator trained from scratch, or started from a trained model: ``train_main.py
    * ``real``     — the k real images only (the baseline every gain is measured against);
    * ``mix``      — the k real + all M generated images per user;
    * ``mix_1to1`` — the k real + min(k, M) generated images per user (one generated image per real one);
+   * ``balanced`` — the k real images, each repeated round(M / k) times, + all M generated per user: every epoch is
+     about half real, half generated, and all M samples are used;
    * ``filter``   — the k real + the generated images that the ``real`` classifier (trained on the k real images
      only: never on test data) attributes to their intended user; the acceptance rate is reported;
    * ``pretrain`` — half the steps on the generated images, then the other half fine-tuning on the k real ones;
@@ -68,7 +70,7 @@ ALL = 0
 """``--k all`` (every non-test image of each user), stored as 0."""
 PRESET_STEPS = "preset"
 """``--vqvae_steps preset`` / ``--prior_steps preset``: leave the steps to ``train_main.py``'s preset."""
-STRATEGIES = ("real", "mix", "mix_1to1", "filter", "pretrain")
+STRATEGIES = ("real", "mix", "mix_1to1", "balanced", "filter", "pretrain")
 """Ways of training the classifier; ``real`` is the baseline and always runs (see the module docstring)."""
 
 
@@ -348,6 +350,11 @@ def first_per_user(labels: torch.Tensor, count: int) -> torch.Tensor:
     return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
 
 
+def balanced_repeats(real_count: int, generated_count: int) -> int:
+    """How many times ``balanced`` repeats the real images so that they weigh about as much as the generated ones."""
+    return max(1, round(generated_count / max(real_count, 1)))
+
+
 def attributed_mask(judge, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``[G]`` bool: the images ``judge`` attributes to their intended label (the ``filter`` strategy)."""
     if images.shape[0] == 0:
@@ -381,6 +388,10 @@ def run_strategies(strategies: list[str], real: tuple[torch.Tensor, torch.Tensor
     if "mix_1to1" in strategies:
         chosen = first_per_user(gen_y, k_per_user)
         results["mix_1to1"] = fit(torch.cat([real_x, gen_x[chosen]]), torch.cat([real_y, gen_y[chosen]]))
+    if "balanced" in strategies:
+        repeats = balanced_repeats(real_x.shape[0], gen_x.shape[0])
+        results["balanced"] = fit(torch.cat([real_x.repeat(repeats, 1, 1, 1), gen_x]),
+                                  torch.cat([real_y.repeat(repeats), gen_y]))
     if "filter" in strategies:
         kept = attributed_mask(results["real"]["judge"], gen_x, gen_y)
         results["filter"] = fit(torch.cat([real_x, gen_x[kept]]), torch.cat([real_y, gen_y[kept]]))

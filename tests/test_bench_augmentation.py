@@ -78,6 +78,7 @@ def test_strategies_train_on_what_their_names_say(tiny_sets, monkeypatch):
     n_real, n_gen = real[0].shape[0], generated[0].shape[0]
     sizes = [size for size, _ in seen]
     assert sizes[:3] == [n_real, n_real + n_gen, n_real + USERS * 4]  # real, mix, mix_1to1 (4 generated per user)
+    assert B.balanced_repeats(n_real, n_gen) == 2 and sizes[3] == 2 * n_real + n_gen  # 12 real, 30 generated
     # filter: the real-only classifier learnt the bands, so user 2's samples (user 0's band) are dropped
     assert results["filter"]["train_images"] == n_real + round(results["filter"]["acceptance"] * n_gen)
     assert results["filter"]["acceptance"] <= (USERS - 1) / USERS + 1e-9
