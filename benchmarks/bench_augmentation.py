@@ -34,6 +34,10 @@ Run from the repository root::
     python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k 5 all   # the users' shape
     python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k all \
         --vqvae_steps preset --prior_steps preset        # the generator trained as the README's command trains it
+    python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k 5 --vqvae_steps preset \
+        --prior_steps preset --seeds 0 --keep_dir          # prints the kept folder DIR; then, without retraining:
+    python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k 5 --vqvae_steps preset \
+        --prior_steps preset --seeds 0 --generators_from DIR --strength 0.25 --m 5
     python -m benchmarks.bench_augmentation --init_from none simulator   # with and without simulator transfer
     python -m benchmarks.bench_augmentation --k 5 --strength 1 0.5      # plain samples and variations
     python -m benchmarks.bench_augmentation --num_users 4 --k 5 --m 4 --vqvae_steps 10 --prior_steps 10 \
@@ -43,6 +47,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -271,9 +276,11 @@ def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, s
     return seconds, int(summary["data"]["train_images"]), steps
 
 
-def few_shot_files(folder: Path) -> set[str]:
-    """The ``ID_<id>/<file>`` names under a k-shot folder (what :func:`write_few_shot_folder` wrote)."""
-    return {path.relative_to(folder).as_posix() for path in folder.glob("ID_*/*") if path.is_file()}
+def few_shot_files(folder: Path) -> set[tuple[str, str]]:
+    """``(ID_<id>/<file>, sha256 of its bytes)`` of every image in a k-shot folder (what :func:`write_few_shot_folder`
+    copied): equal sets mean the same images under the same users, whatever folder they were copied from."""
+    return {(path.relative_to(folder).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest())
+            for path in folder.glob("ID_*/*") if path.is_file()}
 
 
 def reuse_generator(kept_run: Path, expected_data: Path) -> tuple[float, int, dict, Path]:
@@ -297,10 +304,10 @@ def reuse_generator(kept_run: Path, expected_data: Path) -> tuple[float, int, di
                                 f"made with the same --k, --init_from and --seeds, and --keep_dir?)")
     kept, wanted = few_shot_files(kept_run / "data"), few_shot_files(expected_data)
     if kept != wanted:
-        differ = sorted(kept ^ wanted)
+        differ = sorted({name for name, _ in kept ^ wanted})
         raise ValueError(f"--generators_from: {kept_run / 'data'} differs from this run's k-shot draw in "
-                         f"{len(differ)} files (e.g. {differ[0]}): another --data_dir, --test_per_user or draw; "
-                         f"train the generators again")
+                         f"{len(differ)} files (e.g. {differ[0]}: missing, extra or other bytes): another "
+                         f"--data_dir, --test_per_user or draw; train the generators again")
     summary = json.loads(summary_path.read_text())
     steps = {stage: int(summary[stage]["steps"]) for stage in ("vqvae", "prior")}
     return float(summary["wall_seconds"]), int(summary["data"]["train_images"]), steps, kept_run / "model"

@@ -177,6 +177,10 @@ def test_generators_from_reuses_a_kept_generator_only_for_the_same_k_shot_files(
     seconds, images, steps, model = B.reuse_generator(kept_run, draw)
     assert (seconds, images, steps, model) == (1234.5, 10, {"vqvae": 2800, "prior": 2200}, kept_run / "model")
 
+    (draw / "ID_1" / "a.png").write_bytes(b"y")  # same name, other image (another data folder)
+    with pytest.raises(ValueError, match="differs from this run's k-shot draw in 1 files .*ID_1/a.png"):
+        B.reuse_generator(kept_run, draw)
+    (draw / "ID_1" / "a.png").write_bytes(b"x")
     (draw / "ID_2" / "c.png").write_bytes(b"x")  # another draw: one file more
     with pytest.raises(ValueError, match="differs from this run's k-shot draw in 1 files .*ID_2/c.png"):
         B.reuse_generator(kept_run, draw)
