@@ -295,20 +295,23 @@ def reuse_generator(kept_run: Path, expected_data: Path) -> tuple[float, int, di
         folder)``, from its ``training_summary.json``.
 
     Raises:
-        FileNotFoundError: the kept run or its model summary is missing.
+        FileNotFoundError: the kept run or its model summary is missing, or its training did not finish.
         ValueError: its k-shot files differ from this run's draw (another data folder, k or seed).
     """
     summary_path = kept_run / "model" / "training_summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"--generators_from: no trained generator at {kept_run / 'model'} (was that run "
                                 f"made with the same --k, --init_from and --seeds, and --keep_dir?)")
+    summary = json.loads(summary_path.read_text())
+    if "wall_seconds" not in summary:  # written when stage 2 finishes; stage 1 alone writes the summary earlier
+        raise FileNotFoundError(f"--generators_from: the generator at {kept_run / 'model'} did not finish training "
+                                f"(its run was stopped); train it again")
     kept, wanted = few_shot_files(kept_run / "data"), few_shot_files(expected_data)
     if kept != wanted:
         differ = sorted({name for name, _ in kept ^ wanted})
         raise ValueError(f"--generators_from: {kept_run / 'data'} differs from this run's k-shot draw in "
                          f"{len(differ)} files (e.g. {differ[0]}: missing, extra or other bytes): another "
                          f"--data_dir, --test_per_user or draw; train the generators again")
-    summary = json.loads(summary_path.read_text())
     steps = {stage: int(summary[stage]["steps"]) for stage in ("vqvae", "prior")}
     return float(summary["wall_seconds"]), int(summary["data"]["train_images"]), steps, kept_run / "model"
 

@@ -184,6 +184,9 @@ def test_generators_from_reuses_a_kept_generator_only_for_the_same_k_shot_files(
     (draw / "ID_2" / "c.png").write_bytes(b"x")  # another draw: one file more
     with pytest.raises(ValueError, match="differs from this run's k-shot draw in 1 files .*ID_2/c.png"):
         B.reuse_generator(kept_run, draw)
+    (kept_run / "model" / "training_summary.json").write_text('{"data": {"train_images": 10}, "vqvae": {"steps": 9}}')
+    with pytest.raises(FileNotFoundError, match="did not finish training"):  # stopped after stage 1
+        B.reuse_generator(kept_run, draw)
     with pytest.raises(FileNotFoundError, match="no trained generator"):
         B.reuse_generator(tmp_path / "kept" / "k5_init0_seed2", draw)
     with pytest.raises(ValueError, match="--generators_from .*no such folder"):
