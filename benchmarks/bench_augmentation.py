@@ -18,7 +18,10 @@ generator trained from scratch, or started from a trained model: ``train_main.py
      about half real, half generated, and all M samples are used;
    * ``filter``   — the k real + the generated images that the ``real`` classifier (trained on the k real images
      only: never on test data) attributes to their intended user; the acceptance rate is reported;
-   * ``pretrain`` — half the steps on the generated images, then the other half fine-tuning on the k real ones;
+   * ``pretrain`` — a share of the steps (``--pretrain_fraction``, half by default) on the generated images, then
+     the rest fine-tuning on the k real ones;
+   * ``pretrain_mix`` — the same share of the steps on the k real + all M generated images (``mix``), then the rest
+     fine-tuning on the k real ones;
 
 4. test every classifier on the same held-out real images (``--test_per_user`` per user, drawn once with a fixed
    seed, never copied into the generator's folder nor shown to any classifier).
@@ -75,7 +78,7 @@ ALL = 0
 """``--k all`` (every non-test image of each user), stored as 0."""
 PRESET_STEPS = "preset"
 """``--vqvae_steps preset`` / ``--prior_steps preset``: leave the steps to ``train_main.py``'s preset."""
-STRATEGIES = ("real", "mix", "mix_1to1", "balanced", "filter", "pretrain")
+STRATEGIES = ("real", "mix", "mix_1to1", "balanced", "filter", "pretrain", "pretrain_mix")
 """Ways of training the classifier; ``real`` is the baseline and always runs (see the module docstring)."""
 
 
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "plain sampling)")
     parser.add_argument("--classifier_steps", type=int, default=300,
                         help="optimisation steps of each classifier, rounded up to whole epochs (default: 300)")
+    parser.add_argument("--pretrain_fraction", type=float, default=0.5,
+                        help="share of the classifier steps that pretrain / pretrain_mix spend before fine-tuning on "
+                             "the real images, in (0, 1) (default: 0.5)")
     parser.add_argument("--threads", type=int, default=0,
                         help="OMP_NUM_THREADS for the subprocesses; 0 leaves it unset (default: 0)")
     parser.add_argument("--generators_from", default=None,
@@ -167,6 +173,8 @@ def validate_args(args: argparse.Namespace) -> None:
     for flag in ("m", "num_users", "test_per_user", "vqvae_steps", "prior_steps", "classifier_steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if not (math.isfinite(args.pretrain_fraction) and 0.0 < args.pretrain_fraction < 1.0):
+        raise ValueError(f"--pretrain_fraction must be in (0, 1), got {args.pretrain_fraction}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     bad = [v for v in args.strength if not (math.isfinite(v) and 0.0 < v <= 1.0)]
@@ -374,7 +382,8 @@ def attributed_mask(judge, images: torch.Tensor, labels: torch.Tensor) -> torch.
 
 def run_strategies(strategies: list[str], real: tuple[torch.Tensor, torch.Tensor],
                    generated: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-                   num_classes: int, k_per_user: int, seed: int, steps: int) -> dict[str, dict]:
+                   num_classes: int, k_per_user: int, seed: int, steps: int,
+                   pretrain_fraction: float = 0.5) -> dict[str, dict]:
     """Train and test one classifier per strategy (``real`` always first: ``filter`` uses it).
 
     Args:
@@ -382,7 +391,9 @@ def run_strategies(strategies: list[str], real: tuple[torch.Tensor, torch.Tensor
         real, generated, test: ``(images [N, C, R, R], 0-based labels [N])``.
         num_classes: users.
         k_per_user: real images per user (``mix_1to1`` adds as many generated ones, at most all of them).
-        seed, steps: the classifiers' seed and step budget (``pretrain`` splits it in two halves).
+        seed, steps: the classifiers' seed and step budget.
+        pretrain_fraction: the share of ``steps`` that ``pretrain`` / ``pretrain_mix`` spend before fine-tuning on
+            the real images (the rest of the budget).
 
     Returns:
         ``{strategy: {"accuracy", "steps", "seconds", "train_images"[, "acceptance"]}}``.
@@ -391,6 +402,15 @@ def run_strategies(strategies: list[str], real: tuple[torch.Tensor, torch.Tensor
 
     def fit(x, y, budget=steps, init_state=None):
         return classifier_accuracy(x, y, num_classes, test_x, test_y, seed, budget, init_state)
+
+    def pretrain_then_real(x, y):
+        first = max(1, round(steps * pretrain_fraction))
+        pre = fit(x, y, budget=first)
+        tuned = fit(real_x, real_y, budget=max(1, steps - first), init_state=pre["judge"].model.state_dict())
+        tuned["steps"] += pre["steps"]
+        tuned["seconds"] += pre["seconds"]
+        tuned["train_images"] += pre["train_images"]
+        return tuned
 
     results = {"real": fit(real_x, real_y)}
     if "mix" in strategies:
@@ -407,12 +427,9 @@ def run_strategies(strategies: list[str], real: tuple[torch.Tensor, torch.Tensor
         results["filter"] = fit(torch.cat([real_x, gen_x[kept]]), torch.cat([real_y, gen_y[kept]]))
         results["filter"]["acceptance"] = int(kept.sum()) / kept.numel() if kept.numel() else 0.0
     if "pretrain" in strategies:
-        first = steps // 2
-        pre = classifier_accuracy(gen_x, gen_y, num_classes, test_x, test_y, seed, max(1, first))
-        tuned = fit(real_x, real_y, budget=max(1, steps - first), init_state=pre["judge"].model.state_dict())
-        tuned["steps"] += pre["steps"]
-        tuned["seconds"] += pre["seconds"]
-        results["pretrain"] = tuned
+        results["pretrain"] = pretrain_then_real(gen_x, gen_y)
+    if "pretrain_mix" in strategies:
+        results["pretrain_mix"] = pretrain_then_real(torch.cat([real_x, gen_x]), torch.cat([real_y, gen_y]))
     for result in results.values():
         result.pop("judge")
     return results
@@ -453,7 +470,7 @@ def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int]
         k_per_user = len(train_idx) // data.num_users if k == ALL else k
         results = run_strategies(args.strategies, (data.images[train_idx], data.labels[train_idx]), generated,
                                  (data.images[test_idx], data.labels[test_idx]), data.num_users, k_per_user, seed,
-                                 args.classifier_steps)
+                                 args.classifier_steps, args.pretrain_fraction)
         base = results["real"]["accuracy"]
         rows.append({
             "k": k_label(k), "init_from": init_from, "strength": strength, "m": args.m, "seed": seed,
@@ -463,6 +480,7 @@ def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int]
             "accuracy": {name: r["accuracy"] for name, r in results.items()},
             "gain_pp": {name: 100.0 * (r["accuracy"] - base) for name, r in results.items() if name != "real"},
             "filter_acceptance": results.get("filter", {}).get("acceptance"),
+            "pretrain_fraction": args.pretrain_fraction,
             "classifier_steps": {name: r["steps"] for name, r in results.items()},
             "seconds": {"train_generator": train_seconds, "generate": generate_seconds,
                         **{f"classifier_{name}": r["seconds"] for name, r in results.items()}}})
@@ -531,7 +549,8 @@ def print_report(args: argparse.Namespace, rows: list[dict], skipped: list[str],
           f"{args.preset} preset at {RESOLUTION} px, {steps_label(args.vqvae_steps)} + {steps_label(args.prior_steps)} "
           f"steps, "
           f"trained on all k images, M = {args.m} generated per user, guidance {args.guidance_scale}; classifiers: "
-          f"judge CNN, same seed and augmentation, ~{args.classifier_steps} steps; "
+          f"judge CNN, same seed and augmentation, ~{args.classifier_steps} steps "
+          f"(pretrain strategies: {args.pretrain_fraction:g} of them before fine-tuning on the real images); "
           f"threads {args.threads or 'unset'}; {platform.machine()} {os.cpu_count()} cores")
     print("accuracy on the held-out real images (gain over real only, pp)")
     print("\n".join(format_rows(rows)))

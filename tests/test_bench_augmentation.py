@@ -1,7 +1,8 @@
 """The pieces of benchmarks/bench_augmentation.py at tiny size: the k-shot draws (``all`` included) stay disjoint
 from the test set, and each mixing strategy trains on what its name says (``filter`` keeps only the generated
 images the real-only classifier attributes to their user; ``pretrain`` fine-tunes from the generated-data
-classifier). The whole benchmark (real CLIs) is not run here."""
+classifier, ``pretrain_mix`` from the mixed-data one, each after its share of the steps). The whole benchmark (real
+CLIs) is not run here."""
 
 import argparse
 import inspect
@@ -69,20 +70,25 @@ def test_strategies_train_on_what_their_names_say(tiny_sets, monkeypatch):
 
     def recording(*args, **kwargs):
         bound = inspect.signature(original).bind(*args, **kwargs).arguments
-        seen.append((bound["images"].shape[0], bound.get("init_state") is not None))
+        seen.append((bound["images"].shape[0], bound.get("init_state") is not None, bound["steps"]))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(B, "classifier_accuracy", recording)
-    results = B.run_strategies(list(B.STRATEGIES), real, generated, test, USERS, k_per_user=4, seed=0, steps=40)
+    results = B.run_strategies(list(B.STRATEGIES), real, generated, test, USERS, k_per_user=4, seed=0, steps=40,
+                               pretrain_fraction=0.25)
     assert set(results) == set(B.STRATEGIES)
     n_real, n_gen = real[0].shape[0], generated[0].shape[0]
-    sizes = [size for size, _ in seen]
+    sizes = [size for size, _, _ in seen]
     assert sizes[:3] == [n_real, n_real + n_gen, n_real + USERS * 4]  # real, mix, mix_1to1 (4 generated per user)
     assert B.balanced_repeats(n_real, n_gen) == 2 and sizes[3] == 2 * n_real + n_gen  # 12 real, 30 generated
     # filter: the real-only classifier learnt the bands, so user 2's samples (user 0's band) are dropped
     assert results["filter"]["train_images"] == n_real + round(results["filter"]["acceptance"] * n_gen)
     assert results["filter"]["acceptance"] <= (USERS - 1) / USERS + 1e-9
-    assert sizes[-2:] == [n_gen, n_real] and seen[-1][1] and not seen[-2][1]  # pretrain on generated, tune on real
+    # pretrain: a quarter of the steps on the generated images, the rest tuning on the real ones from those weights;
+    # pretrain_mix: the same on real + generated first
+    assert seen[-4:] == [(n_gen, False, 10), (n_real, True, 30), (n_real + n_gen, False, 10), (n_real, True, 30)]
+    assert results["pretrain_mix"]["train_images"] == 2 * n_real + n_gen
+    assert all(seen[i][2] == 40 for i in range(len(seen) - 4))  # every other classifier: the whole budget
     assert results["real"]["accuracy"] > 0.9  # the bands are easy: the baseline works
     assert all("judge" not in r for r in results.values())
 
@@ -131,6 +137,9 @@ def test_strength_flag_is_checked():
     for bad in ("0", "1.5", "nan"):
         with pytest.raises(ValueError, match="--strength"):
             B.validate_args(B.build_parser().parse_args(["--strength", bad]))
+    for bad in ("0", "1", "nan"):
+        with pytest.raises(ValueError, match="--pretrain_fraction"):
+            B.validate_args(B.build_parser().parse_args(["--pretrain_fraction", bad]))
 
 
 @pytest.mark.parametrize("flags, passed", [
