@@ -41,6 +41,9 @@ Run from the repository root::
         --prior_steps preset --seeds 0 --keep_dir          # prints the kept folder DIR; then, without retraining:
     python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k 5 --vqvae_steps preset \
         --prior_steps preset --seeds 0 --generators_from DIR --strength 0.25 --m 5
+    python -m benchmarks.bench_augmentation --data_dir small_data --test_per_user 8 --k 5 --vqvae_steps preset \
+        --prior_steps preset --seeds 0 --generators_from DIR --strategies real pretrain pretrain_mix \
+        --pretrain_fraction 0.25                                   # a quarter of the steps before fine-tuning
     python -m benchmarks.bench_augmentation --init_from none simulator   # with and without simulator transfer
     python -m benchmarks.bench_augmentation --k 5 --strength 1 0.5      # plain samples and variations
     python -m benchmarks.bench_augmentation --num_users 4 --k 5 --m 4 --vqvae_steps 10 --prior_steps 10 \
