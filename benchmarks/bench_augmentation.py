@@ -58,6 +58,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import time
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage-2 steps of train_main, or 'preset': the preset's and its small-data rule's "
                              "(e.g. 2200 steps of 8 on a few dozen images per user), as the README's command trains "
                              "(default: 300, batch 16 as in the CPU preset)")
+    parser.add_argument("--train_args", default="",
+                        help="extra train_main.py flags of every generator, quoted (e.g. \"--adversarial_weight "
+                             "0.5\"); not checked against --generators_from's kept runs")
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
                         help="train_main preset for every other model setting; resolution stays 64 (default: cpu)")
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
@@ -281,6 +285,7 @@ def train_generator(args: argparse.Namespace, data_dir: Path, model_dir: Path, s
     command += ["--val_fraction", "0"]  # the generator trains on all k images
     if init_from != "none":
         command += ["--init_from", init_from]
+    command += shlex.split(args.train_args)
     seconds = run_script(command, model_dir.parent / f"{model_dir.name}_train.log", args.threads)
     summary = json.loads((model_dir / "training_summary.json").read_text())
     steps = {stage: int(summary[stage]["steps"]) for stage in ("vqvae", "prior")}

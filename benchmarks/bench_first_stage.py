@@ -8,6 +8,9 @@ step budget:
 * ``vq``  — ``train_main.py --first_stage vq --skip_prior`` (diffusers ``VQModel`` + our EMA quantizer);
 * ``kl``  — ``train_main.py --first_stage kl --skip_prior`` (diffusers ``AutoencoderKL``, its posterior mean quantized
   by the same quantizer: the tokens the prior would model);
+* ``vq_adv`` — ``vq`` with the adversarial term (``train_main.py --adversarial_weight W``, the benchmark's
+  ``--adversarial_weight``, default 0.5): a patch discriminator against the decoder's blur (not in the default
+  ``--kinds``);
 * ``plain`` — a stock diffusers ``AutoencoderKL`` with no quantizer (reconstruction + KL loss, weight ``--kl_weight``),
   trained in-process by the same Accelerate loop (``vqvae_transformer.training.loop.run_training``): the continuous
   reference an earlier VAE-vs-VQ write-up had in mind (it claimed VAE 28.5 dB / LPIPS 0.15 against VQ-VAE 26.8 dB /
@@ -15,7 +18,9 @@ step budget:
 
 Each is measured on the validation split: PSNR and SSIM (torchmetrics, images in [0, 1]), LPIPS (pretrained
 weights only; ``n/a`` without them), the judge's accuracy on the reconstructions and their domain FID against the
-real validation images (the judge of ``validate_main.py``, trained once on the real training split), codebook usage
+real validation images (the judge of ``validate_main.py``, trained once on the real training split), their texture
+against the real images' (mean absolute neighbour-pixel difference along frequency and along time, reconstructions
+over real: below 1 is smoother), codebook usage
 (quantized ones), the readiness score of :class:`vqvae_transformer.analysis.latent_space.LatentSpaceAnalyzer`, and
 seconds per training step (stage wall time / steps; the quantized ones' include their periodic evaluations and
 figures, a few per cent at the preset's budget). One table, every row from this run.
@@ -50,10 +55,12 @@ from vqvae_transformer.models.judge import DEFAULT_EPOCHS, accuracy, predict
 from vqvae_transformer.validation.inputs import RealData
 from vqvae_transformer.validation.scores import train_or_load_judge
 
-KINDS = ("vq", "kl", "plain")
+KINDS = ("vq", "kl", "plain", "vq_adv")
+DEFAULT_KINDS = ("vq", "kl", "plain")
 QUICK = {"num_users": 3, "vqvae_steps": 20, "train_args": "--simulated_per_user 8 --resolution 32", "judge_epochs": 2}
 """``--quick``: 3 users, 8 simulated recordings each at 32 px, 20 steps, a 2-epoch judge."""
-COLUMNS = ("PSNR dB", "SSIM", "LPIPS", "judge on recon", "recon FID", "usage", "readiness", "s/step")
+COLUMNS = ("PSNR dB", "SSIM", "LPIPS", "judge on recon", "recon FID", "texture f", "texture t", "usage", "readiness",
+           "s/step")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "preset's)")
     parser.add_argument("--kl_weight", type=float, default=1e-6,
                         help="KL weight of the plain VAE (default: 1e-6, the kl first stage's)")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which first stages")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(DEFAULT_KINDS),
+                        help=f"which first stages (default: {' '.join(DEFAULT_KINDS)})")
+    parser.add_argument("--adversarial_weight", type=float, default=0.5,
+                        help="train_main.py --adversarial_weight of vq_adv (default: 0.5)")
     parser.add_argument("--judge_epochs", type=int, default=DEFAULT_EPOCHS, help="judge training epochs")
     parser.add_argument("--train_args", default="", help="extra train_main.py flags for every variant (quoted)")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS / torch threads (0: unset)")
@@ -91,7 +101,9 @@ def train_flags(args: argparse.Namespace) -> list[str]:
 def train_quantized(kind: str, args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     """Train the ``vq`` or ``kl`` first stage with the real train_main.py; returns its folder and seconds/step."""
     out = work / kind
-    run_script(["train_main.py", "--first_stage", kind, "--output_dir", str(out), *train_flags(args)],
+    backbone = ["--first_stage", kind] if kind != "vq_adv" else \
+        ["--first_stage", "vq", "--adversarial_weight", str(args.adversarial_weight)]
+    run_script(["train_main.py", *backbone, "--output_dir", str(out), *train_flags(args)],
                work / f"{kind}.log", args.threads)
     stage = json.loads((out / SUMMARY_FILE).read_text())["vqvae"]
     return out, stage["seconds"] / max(stage["steps"], 1)
@@ -153,12 +165,15 @@ def measure(model, real: RealData, judge, seed: int) -> dict:
     readiness = analyzer.readiness_report()
     lpips, _ = M.lpips_distance(recon, images)
     codebook = analyzer.results.get("codebook", {})
+    texture = M.texture_ratio(images, recon)
     return {
         "PSNR dB": float(peak_signal_noise_ratio(to_unit(recon), to_unit(images), data_range=1.0)),
         "SSIM": float(structural_similarity_index_measure(to_unit(recon), to_unit(images), data_range=1.0)),
         "LPIPS": lpips,
         "judge on recon": accuracy(predict(judge, recon), labels),
         "recon FID": M.domain_fid(judge, images, recon),
+        "texture f": texture[0],
+        "texture t": texture[1],
         "usage": codebook.get("codebook_usage") if codebook.get("applicable") else None,
         "readiness": readiness["score"],
         "sub_scores": readiness["sub_scores"],
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     with work_dir("bench_first_stage_", args.keep_dir) as work:
         trained, per_step = {}, {}
-        for kind in ("vq", "kl"):
+        for kind in ("vq", "kl", "vq_adv"):
             if kind in args.kinds or "plain" in args.kinds and not trained:  # plain copies vq's split/architecture
                 trained[kind], per_step[kind] = train_quantized(kind, args, work)
         reference = next(iter(trained.values()))

@@ -15,23 +15,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(module: str, tmp_path: Path) -> tuple[str, dict]:
+def _run(module: str, tmp_path: Path, *extra: str) -> tuple[str, dict]:
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    done = subprocess.run([sys.executable, "-m", module, "--quick", "--json", str(out)], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", module, "--quick", "--json", str(out), *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout, json.loads(out.read_text())
 
 
 def test_bench_first_stage_quick(tmp_path):
-    stdout, record = _run("benchmarks.bench_first_stage", tmp_path)
-    assert set(record["rows"]) == {"vq", "kl", "plain"}
+    stdout, record = _run("benchmarks.bench_first_stage", tmp_path, "--kinds", "vq", "kl", "plain", "vq_adv")
+    assert set(record["rows"]) == {"vq", "kl", "plain", "vq_adv"}
     for kind, row in record["rows"].items():
         assert f"| {kind} |" in stdout
-        for column in ("PSNR dB", "SSIM", "judge on recon", "recon FID", "readiness", "s/step"):
+        for column in ("PSNR dB", "SSIM", "judge on recon", "recon FID", "texture f", "texture t", "readiness",
+                       "s/step"):
             assert row[column] is not None and row[column] == row[column], (kind, column)  # measured, not NaN
         assert (row["usage"] is None) == (kind == "plain")  # the plain VAE has no codebook
+        assert 0 < row["texture f"] < 10 and 0 < row["texture t"] < 10
+    assert record["rows"]["vq_adv"]["PSNR dB"] != record["rows"]["vq"]["PSNR dB"]  # another model: the term ran
     assert 0 <= record["real_accuracy"] <= 1
 
 

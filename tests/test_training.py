@@ -36,13 +36,17 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_stage1_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+    # With the adversarial term from step 2: the discriminator and its optimiser are restored with the checkpoint.
     common = ["-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE, "--vqvae_steps", "6",
-              "--checkpointing_steps", "2", "--eval_steps", "3"]
+              "--checkpointing_steps", "2", "--eval_steps", "3", "--adversarial_weight", "0.5",
+              "--adversarial_start", "0.3"]
     run([*common, "--output_dir", str(tmp_path / "full")])
     cut = tmp_path / "cut"
     run([*common, "--output_dir", str(cut), "--stop_after_steps", "vqvae:3"])  # dies after step 3, last ckpt at 2
     assert not (cut / "vqvae").exists()
     assert sorted(p.name for p in (cut / "checkpoints" / "vqvae").iterdir()) == ["checkpoint-2"]
+    saved = cut / "checkpoints" / "vqvae" / "checkpoint-2"
+    assert (saved / "model_1.safetensors").is_file() and (saved / "optimizer_1.bin").is_file()  # the discriminator
     resumed = run([*common, "--output_dir", str(cut), "--resume_from_checkpoint", "latest"])
     assert "at step 2" in resumed.stderr
     full, again = weights(tmp_path / "full" / "vqvae"), weights(cut / "vqvae")
@@ -51,6 +55,7 @@ def test_stage1_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(full[key], again[key]), key
     summary = json.loads((cut / "stage1_summary.json").read_text())
     assert summary["steps"] == 6 and summary["final"]["codebook_usage"] > 0
+    assert 0 < summary["seconds"] < 600  # the stage's wall time (not shadowed by the adversarial start step)
     for figure in ("vqvae_reconstructions.png", "vqvae_codebook_usage.png", "vqvae_curves.png"):
         assert (cut / "figures" / figure).is_file()
 
@@ -184,6 +189,8 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys):
         (["--push_to_hub"], "--hub_model_id"),
         (["--no_such_flag"], "no_such_flag"),
         (["--val_fraction", "1"], "--val_fraction"),
+        (["--adversarial_weight", "-1"], "--adversarial_weight"),
+        (["--adversarial_start", "1"], "--adversarial_start"),
     ]
     for extra, needle in cases:  # in-process: the same run_cli boundary train_main.py uses, one import
         code = run_cli(main, ["--output_dir", str(tmp_path / "o"), *extra])

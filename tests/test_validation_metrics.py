@@ -354,3 +354,19 @@ def test_the_real_accuracy_limit_follows_the_validation_split():
     assert resolved.min_real_accuracy == 0.80 and "5 validation images per user" in rule
     given, rule = resolve_thresholds(Thresholds(min_real_accuracy=0.95), 5)
     assert given.min_real_accuracy == 0.95 and rule is None
+
+
+def test_texture_ratio_sees_blur_and_nothing_else():
+    from torch.nn.functional import avg_pool2d
+
+    from vqvae_transformer.validation.metrics import neighbour_difference, texture_ratio
+
+    torch.manual_seed(0)
+    images = torch.rand(6, 1, 32, 32) * 2 - 1
+    assert texture_ratio(images, images) == (1.0, 1.0)
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., :, 1::2] = 1.0  # columns alternate 0, 1 (in [0, 1] units: 0.5, 1): a change only along time
+    assert neighbour_difference(stripes) == (0.0, 0.5)
+    blurred = avg_pool2d(images, 3, stride=1, padding=1)
+    along_frequency, along_time = texture_ratio(images, blurred)
+    assert along_frequency < 0.6 and along_time < 0.6

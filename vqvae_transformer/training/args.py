@@ -7,6 +7,7 @@ explicitly always wins. Values are validated after parsing, naming the offending
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..data.colormap import COLORMAP_CHOICES, DEFAULT_COLORMAP
@@ -23,7 +24,7 @@ DATA_SETTINGS = ("data_dir", "dataset_name", "num_users", "resolution", "channel
                  "val_fraction", "seed")
 STAGE_SETTINGS = {
     "vqvae": DATA_SETTINGS + ("first_stage", "block_out_channels", "latent_channels", "codebook_size",
-                              "codebook_dim", "use_l2_norm"),
+                              "codebook_dim", "use_l2_norm", "adversarial_weight", "adversarial_start"),
     "prior": DATA_SETTINGS + ("n_layer", "n_embd", "n_head", "token_order"),
 }
 
@@ -120,6 +121,11 @@ def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
                    help="perceptual loss with pretrained LPIPS: auto uses it when its weights are on disk "
                    "(one warning otherwise), on fails without them, off never uses it")
     g.add_argument("--lpips_weight", type=float, default=0.1, help="weight of the LPIPS loss")
+    g.add_argument("--adversarial_weight", type=float, default=0.0,
+                   help="weight of a patch discriminator's adversarial term (VQGAN's adaptive weight; 0: off). It "
+                   "sharpens the decoder's texture; see the README's first-stage table")
+    g.add_argument("--adversarial_start", type=float, default=0.5,
+                   help="share of stage 1's steps before the discriminator starts (default 0.5)")
     g.add_argument("--time_shift", action=argparse.BooleanOptionalAction, default=True,
                    help="random circular time shifts as augmentation (never vertical flips: they reverse Doppler)")
 
@@ -236,6 +242,12 @@ def validate_args(args: argparse.Namespace) -> None:
     patience = getattr(args, "prior_early_stopping", None)
     if patience is not None and patience < 0:
         raise UserInputError(f"--prior_early_stopping must be >= 0 (0: never stop early), got {patience}")
+    weight = getattr(args, "adversarial_weight", None)
+    if weight is not None and not (math.isfinite(weight) and weight >= 0):
+        raise UserInputError(f"--adversarial_weight must be >= 0 (0: off), got {weight}")
+    start = getattr(args, "adversarial_start", None)
+    if start is not None and not 0.0 <= start < 1.0:
+        raise UserInputError(f"--adversarial_start must lie in [0, 1) (a share of stage 1's steps), got {start}")
     for key in ("user_dropout", "prior_dropout", "prior_attention_dropout"):
         value = getattr(args, key, None)
         if value is not None and not 0.0 <= value < 1.0:

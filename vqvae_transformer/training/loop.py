@@ -337,7 +337,10 @@ def run_training(
         cfg: loop settings.
         model: the module to train (not yet prepared).
         dataset: map-style dataset of training examples.
-        step_fn: ``(prepared_model, batch, accelerator) -> (loss, logs)``; runs the forward pass.
+        step_fn: ``(prepared_model, batch, accelerator) -> (loss, logs)``; runs the forward pass. Optionally it
+            has ``prepare(accelerator)``, called once after the model is prepared and before a checkpoint is
+            loaded (what it prepares is saved and restored with the checkpoints), and a ``global_step`` attribute,
+            set to the number of optimiser steps already taken before each batch.
         eval_fn: ``(unwrapped_model, step, history) -> metrics``, called on the main process every ``eval_steps``
             and at the end (the model is in eval mode during the call; it may write figures).
         on_epoch_start: ``(unwrapped_model, epoch)`` hook, e.g. to reset usage counters.
@@ -366,6 +369,8 @@ def run_training(
                               num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
                               num_training_steps=cfg.max_train_steps * accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if hasattr(step_fn, "prepare"):  # e.g. a discriminator: prepared after the model, saved in every checkpoint
+        step_fn.prepare(accelerator)
 
     step, history, stopped_early = 0, [], False
     remove_stale_temp_checkpoints(accelerator, cfg.checkpoint_dir)
@@ -411,6 +416,8 @@ def _train_steps(cfg, accelerator, model, loader, optimizer, scheduler, step_fn,
             if done_in_epoch else loader
         for batch in batches:
             with accelerator.accumulate(model):
+                if hasattr(step_fn, "global_step"):
+                    step_fn.global_step = step  # optimiser steps already taken (a schedule inside the step)
                 loss, logs = step_fn(model, batch, accelerator)
                 nonfinite[0] |= ~torch.isfinite(loss.detach()).all()
                 accelerator.backward(loss)

@@ -1,6 +1,7 @@
 """Stage 1: train the tokenizer (first stage + EMA quantizer) on Accelerate.
 
-Loss = reconstruction (L1/L2) + commitment (+ KL for the ``kl`` backbone) (+ pretrained LPIPS when available).
+Loss = reconstruction (L1/L2) + commitment (+ KL for the ``kl`` backbone) (+ pretrained LPIPS when available)
+(+ a patch discriminator's adversarial term with ``--adversarial_weight``, :mod:`.adversarial`).
 The tqdm bar shows loss, PSNR, codebook usage (cumulative over the epoch, from the indices) and perplexity; every
 ``--eval_steps`` the validation split is measured and figures are written to ``OUTPUT_DIR/figures/``.
 
@@ -33,6 +34,7 @@ from ..models.fingerprint import invalidate_dependents
 from ..models.first_stage import build_first_stage
 from ..perceptual import LPIPSUnavailableError, load_pretrained_lpips, lpips_status
 from ..models.reconstruction import code_counts, encode_tokens, reconstruct, tokenizer_metrics
+from .adversarial import AdversarialTerm, decoder_last_layer
 from .loop import LoopConfig, make_accelerator, run_finished, run_training
 
 logger = get_logger(__name__)
@@ -88,11 +90,18 @@ class VQVAEStep:
     """One stage-1 forward pass: ``(model, batch, accelerator) -> (loss, logs)`` for :func:`run_training`."""
 
     def __init__(self, recon_loss: str = "l1+l2", lpips: torch.nn.Module | None = None, lpips_weight: float = 0.1,
-                 time_shift: bool = True):
+                 time_shift: bool = True, adversarial: AdversarialTerm | None = None):
         self.recon_loss = recon_loss
         self.lpips = lpips
         self.lpips_weight = lpips_weight
         self.time_shift = time_shift
+        self.adversarial = adversarial
+        self.global_step = 0  # optimiser steps already taken; run_training sets it before each batch
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        """Called by :func:`run_training` once the tokenizer is prepared: the discriminator's turn."""
+        if self.adversarial is not None:
+            self.adversarial.prepare(accelerator)
 
     def __call__(self, model, batch, accelerator: Accelerator) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch[0]  # (B, C, R, R) in [-1, 1]
@@ -102,11 +111,19 @@ class VQVAEStep:
         recon = reconstruction_loss(out.sample, images, self.recon_loss)
         loss = recon + out.commit_loss + out.kl_loss
         logs = {"recon": float(recon.detach()), "psnr": batch_psnr(out.sample, images)}
+        perceptual = None
         if self.lpips is not None:
             rgb = lambda x: x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # noqa: E731
             perceptual = self.lpips(rgb(out.sample.float()), rgb(images.float())).mean()
             loss = loss + self.lpips_weight * perceptual
             logs["lpips"] = float(perceptual.detach())
+        if self.adversarial is not None and self.adversarial.active(self.global_step):
+            logs.update(self.adversarial.discriminator_step(images, out.sample, accelerator))
+            fidelity = recon if perceptual is None else recon + self.lpips_weight * perceptual
+            last_layer = decoder_last_layer(accelerator.unwrap_model(model))
+            term, adv_logs = self.adversarial.generator_term(fidelity, out.sample, last_layer, accelerator)
+            loss = loss + term
+            logs.update(adv_logs)
         quantizer = accelerator.unwrap_model(model).quantize
         usage = quantizer.usage_summary()
         logs.update(usage=usage["codebook_usage"], ppl=quantizer.last_stats.perplexity)
@@ -176,7 +193,13 @@ def train_vqvae_stage(args: argparse.Namespace, cfg: LoopConfig, train_images: t
         count = init_first_stage(model, init_from)
         logger.info(f"stage 1 starts from {init_from} ({count} tensors)", main_process_only=True)
     lpips = resolve_lpips(args.lpips, accelerator.device)
-    step_fn = VQVAEStep(args.recon_loss, lpips, args.lpips_weight, args.time_shift)
+    adversarial = None
+    if args.adversarial_weight > 0:
+        first_step = round(args.adversarial_start * cfg.max_train_steps)
+        adversarial = AdversarialTerm(channels, args.adversarial_weight, first_step, cfg.learning_rate, seed=cfg.seed)
+        logger.info(f"stage 1 trains a patch discriminator from step {first_step} of {cfg.max_train_steps} (adaptive "
+                    f"weight x {args.adversarial_weight})", main_process_only=True)
+    step_fn = VQVAEStep(args.recon_loss, lpips, args.lpips_weight, args.time_shift, adversarial)
     eval_fn = make_vqvae_eval(val_images, cfg.output_dir, cfg.batch_size)
     dataset = torch.utils.data.TensorDataset(train_images)
     model, history, finished = run_training(
