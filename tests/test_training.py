@@ -21,6 +21,7 @@ DATA = ["--num_users", "3", "--simulated_per_user", "8", "--resolution", "32"]
 VQVAE = ["--block_out_channels", "8", "8", "16", "--latent_channels", "8", "--codebook_size", "32",
          "--codebook_dim", "4", "--batch_size", "8", "--lpips", "off"]
 PRIOR = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2"]
+ADVERSARIAL = ["--adversarial_weight", "0.5", "--adversarial_start", "0.3"]  # from step 2 of 6 (step 1 of 4)
 
 
 def run(args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -38,8 +39,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_stage1_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     # With the adversarial term from step 2: the discriminator and its optimiser are restored with the checkpoint.
     common = ["-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE, "--vqvae_steps", "6",
-              "--checkpointing_steps", "2", "--eval_steps", "3", "--adversarial_weight", "0.5",
-              "--adversarial_start", "0.3"]
+              "--checkpointing_steps", "2", "--eval_steps", "3", *ADVERSARIAL]
     run([*common, "--output_dir", str(tmp_path / "full")])
     cut = tmp_path / "cut"
     run([*common, "--output_dir", str(cut), "--stop_after_steps", "vqvae:3"])  # dies after step 3, last ckpt at 2
@@ -125,6 +125,7 @@ def test_val_fraction_zero_trains_on_every_image(tmp_path):
 
 
 def test_two_cpu_processes_train_with_one_codebook(tmp_path):
+    # With the adversarial term from step 1: the DDP-wrapped discriminator trains and resumes on both ranks.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
     with socket.socket() as sock:  # a free port for the rendezvous (a fixed one may be taken)
         sock.bind(("127.0.0.1", 0))
@@ -133,7 +134,8 @@ def test_two_cpu_processes_train_with_one_codebook(tmp_path):
                 "127.0.0.1", "--master_port", str(port)]
     result = subprocess.run([*torchrun, "-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE,
                              "--vqvae_steps", "4", "--checkpointing_steps", "1", "--checkpoints_total_limit", "10",
-                             "--eval_steps", "2", "--output_dir", str(tmp_path)], cwd=REPO, capture_output=True,
+                             "--eval_steps", "2", *ADVERSARIAL, "--output_dir", str(tmp_path)], cwd=REPO,
+                            capture_output=True,
                             text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MULTI_CPU, 2 process(es)" in result.stderr
@@ -142,11 +144,12 @@ def test_two_cpu_processes_train_with_one_codebook(tmp_path):
     assert sorted(p.name for p in checkpoints.iterdir()) == [f"checkpoint-{i}" for i in (1, 2, 3, 4)]
     for folder in checkpoints.iterdir():  # every rank's state landed in the renamed folder
         assert (folder / "random_states_0.pkl").is_file() and (folder / "random_states_1.pkl").is_file(), folder
+        assert (folder / "model_1.safetensors").is_file(), folder  # the discriminator
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         torchrun[-1] = str(sock.getsockname()[1])
     resumed = subprocess.run([*torchrun, "-m", "vqvae_transformer.training.train_vqvae", *DATA, *VQVAE,
-                              "--vqvae_steps", "4", "--checkpointing_steps", "1", "--eval_steps", "2",
+                              "--vqvae_steps", "4", "--checkpointing_steps", "1", "--eval_steps", "2", *ADVERSARIAL,
                               "--resume_from_checkpoint", str(checkpoints / "checkpoint-2"),
                               "--output_dir", str(tmp_path / "resumed")], cwd=REPO, capture_output=True, text=True,
                              timeout=600, env=env)

@@ -90,8 +90,10 @@ class AdversarialTerm:
         if not self._prepared:
             raise RuntimeError("AdversarialTerm.prepare(accelerator) must run before training")
         self.optimizer.zero_grad(set_to_none=True)
-        real_logits = self.discriminator(diff_augment(real.detach()))
-        fake_logits = self.discriminator(diff_augment(fake.detach()))
+        # One forward over both halves: a DDP-wrapped module may run once per backward (group norm is per image,
+        # so the halves do not mix).
+        both = torch.cat([diff_augment(real.detach()), diff_augment(fake.detach())])  # (2B, C, F, T)
+        real_logits, fake_logits = self.discriminator(both).chunk(2)
         loss = hinge_discriminator_loss(real_logits.float(), fake_logits.float())
         accelerator.backward(loss)
         self.optimizer.step()
