@@ -99,7 +99,8 @@ def train_flags(args: argparse.Namespace) -> list[str]:
 
 
 def train_quantized(kind: str, args: argparse.Namespace, work: Path) -> tuple[Path, float]:
-    """Train the ``vq`` or ``kl`` first stage with the real train_main.py; returns its folder and seconds/step."""
+    """Train the ``vq``, ``kl`` or ``vq_adv`` first stage with the real train_main.py; returns its folder and
+    seconds/step."""
     out = work / kind
     backbone = ["--first_stage", kind] if kind != "vq_adv" else \
         ["--first_stage", "vq", "--adversarial_weight", str(args.adversarial_weight)]
