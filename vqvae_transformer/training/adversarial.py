@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
+from ..data.augment import circular_time_shift
 from ..errors import UserInputError
 from ..models.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 
@@ -40,9 +41,7 @@ def diff_augment(images: torch.Tensor) -> torch.Tensor:
     to 0 (mid-grey in [-1, 1]). Draws from torch's global generator, which every checkpoint saves.
     """
     batch, _, height, width = images.shape
-    shifts = torch.randint(0, width, (batch, 1), device=images.device)
-    columns = (torch.arange(width, device=images.device)[None, :] + shifts) % width  # (B, T)
-    rolled = images.gather(3, columns[:, None, None, :].expand_as(images))
+    rolled = circular_time_shift(images)  # the training augmentation's roll: a gather, so differentiable
     box_h, box_w = height // 2, width // 2
     top = torch.randint(0, height - box_h + 1, (batch, 1, 1), device=images.device)
     left = torch.randint(0, width - box_w + 1, (batch, 1, 1), device=images.device)
