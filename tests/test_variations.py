@@ -221,3 +221,20 @@ def test_strength_needs_the_models_data_record(model_dir, tmp_path, capsys):  # 
     assert generate_main.main(_argv(bare, tmp_path / "out", "--strength", "0.5")) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "data_info.json" in errors[0] and "--strength" in errors[0]
+
+
+def test_strength_names_the_recorded_data_folder_when_it_has_moved(model_dir, tmp_path, capsys):  # noqa: F811
+    """A model folder whose training images moved away: one line naming the recorded folder and the flag."""
+    copy = tmp_path / "copy"
+    for file in model_dir.rglob("*"):
+        if file.is_file():
+            (copy / file.relative_to(model_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / file.relative_to(model_dir)).write_bytes(file.read_bytes())
+    info = json.loads((copy / "data_info.json").read_text())
+    gone = tmp_path / "moved_away"
+    info["data_dir"] = str(gone)
+    (copy / "data_info.json").write_text(json.dumps(info))
+    assert generate_main.main(_argv(copy, tmp_path / "out", "--strength", "0.5")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(gone) in errors[0] and "--strength" in errors[0]
+    assert not (tmp_path / "out" / "generation_info.json").exists()

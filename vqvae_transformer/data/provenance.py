@@ -83,5 +83,9 @@ def load_model_training_split(model_dir: str | Path, flag: str) -> tuple[Spectro
         raise UserInputError(f"{flag} uses the model's real training images, but {info} is missing (the folder was "
                              "not written by train_main.py, or holds no record of its data); drop "
                              f"{flag} or use the folder train_main.py wrote")
+    data_dir = read_data_info(model_dir).get("data_dir")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserInputError(f"{flag} uses the model's real training images, but {data_dir} (where {info} says they "
+                             f"were) is no longer there; put the ID_<k> folders back there or drop {flag}")
     data, train_idx, _ = load_model_data(model_dir)
     return data, train_idx
