@@ -76,7 +76,8 @@ def load_model_training_split(model_dir: str | Path, flag: str) -> tuple[Spectro
     """The data ``model_dir`` was trained on and its training indices, for a tool option (``flag``) that needs them.
 
     Raises:
-        UserInputError: one line naming ``flag`` when the folder holds no ``data_info.json`` (e.g. a Hub download).
+        UserInputError: one line naming ``flag`` when the folder holds no ``data_info.json`` (e.g. a Hub download),
+            or when the image folder it records is no longer there (moved or deleted).
     """
     info = Path(model_dir) / DATA_INFO_FILE
     if not info.is_file():
