@@ -117,14 +117,15 @@ class VQVAEStep:
             perceptual = self.lpips(rgb(out.sample.float()), rgb(images.float())).mean()
             loss = loss + self.lpips_weight * perceptual
             logs["lpips"] = float(perceptual.detach())
+        unwrapped = accelerator.unwrap_model(model)
         if self.adversarial is not None and self.adversarial.active(self.global_step):
             logs.update(self.adversarial.discriminator_step(images, out.sample, accelerator))
             fidelity = recon if perceptual is None else recon + self.lpips_weight * perceptual
-            last_layer = decoder_last_layer(accelerator.unwrap_model(model))
+            last_layer = decoder_last_layer(unwrapped)
             term, adv_logs = self.adversarial.generator_term(fidelity, out.sample, last_layer, accelerator)
             loss = loss + term
             logs.update(adv_logs)
-        quantizer = accelerator.unwrap_model(model).quantize
+        quantizer = unwrapped.quantize
         usage = quantizer.usage_summary()
         logs.update(usage=usage["codebook_usage"], ppl=quantizer.last_stats.perplexity)
         return loss, logs
