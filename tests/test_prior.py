@@ -377,3 +377,51 @@ def test_training_sample_grid_is_drawn_through_the_pipeline_with_its_defaults(tm
                    generator=torch.Generator().manual_seed(3)).images  # shipped guidance and temperature
     assert images.shape == (3 * train_prior.SAMPLES_PER_USER, 3, 16, 16)  # coloured back: RGB
     assert torch.equal(images, expected)
+
+
+def test_curves_drawn_at_an_evaluation_include_its_own_point(tmp_path):
+    """The loop records an evaluation only once ``eval_fn`` returns; the curves drawn inside it must still show it
+    (they showed one validation point fewer: a 1300-step prior evaluated at 700 and 1300 drew only 700)."""
+    from vqvae_transformer.training.loop import LoopConfig, run_training, with_evaluation
+
+    drawn = []
+
+    def eval_fn(model, step, history):
+        metrics = {"loss": 10.0 - step}
+        drawn.append([(row["step"], row.get("val_loss")) for row in with_evaluation(history, metrics)])
+        return metrics
+
+    def step_fn(model, batch, accelerator):
+        x, y = batch
+        return torch.nn.functional.mse_loss(model(x), y), {}
+
+    cfg = LoopConfig(output_dir=tmp_path, checkpoint_dir=tmp_path / "ckpt", max_train_steps=5, batch_size=2,
+                     learning_rate=1e-2, eval_steps=2, checkpointing_steps=100, lr_warmup_steps=1)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randn(8, 1))
+    _, history, _ = run_training(cfg, torch.nn.Linear(3, 1), data, step_fn, eval_fn)
+    assert drawn == [[(2, 8.0)], [(2, 8.0), (4, 6.0)], [(2, 8.0), (4, 6.0), (5, 5.0)]]  # the last step too
+    assert [(row["step"], row["val_loss"]) for row in history] == drawn[-1]  # what the loop then records
+
+
+def test_prior_and_tokenizer_evaluations_draw_their_current_point(tmp_path, monkeypatch):
+    from tests.test_pipeline import tiny_pipeline
+    from vqvae_transformer.models.reconstruction import encode_tokens
+    from vqvae_transformer.training import train_prior, train_vqvae
+
+    pipe = tiny_pipeline(channels=1)
+    curves = {}
+    for module in (train_prior, train_vqvae):
+        monkeypatch.setattr(module, "save_curves", lambda history, keys, path: curves.update({path.name: history}))
+    monkeypatch.setattr(train_prior, "save_labelled_grid", lambda *a, **k: None)
+    val = torch.rand(3, 1, 16, 16) * 2 - 1
+    evaluate = train_prior.make_prior_eval(pipe.vqvae, encode_tokens(pipe.vqvae, val), torch.tensor([0, 1, 2]),
+                                           pipe.user_ids, tmp_path, batch_size=4, seed=3, resolution=16)
+    earlier = {"step": 2, "loss": 5.0, "val_loss": 4.5}
+    metrics = evaluate(pipe.prior, 4, [earlier, {"step": 4, "loss": 4.0}])
+    assert curves["prior_curves.png"] == [earlier, {"step": 4, "loss": 4.0, "val_loss": metrics["loss"],
+                                                    "val_perplexity": metrics["perplexity"],
+                                                    "val_user_token_gain": metrics["user_token_gain"]}]
+    evaluate = train_vqvae.make_vqvae_eval(val, tmp_path, batch_size=4)
+    metrics = evaluate(pipe.vqvae, 4, [{"step": 4, "loss": 0.3}])
+    assert curves["vqvae_curves.png"][-1]["val_psnr"] == metrics["psnr"]
+    assert curves["vqvae_curves.png"][-1]["val_codebook_usage"] == metrics["codebook_usage"]

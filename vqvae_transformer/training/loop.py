@@ -555,13 +555,26 @@ def _evaluate(accelerator: Accelerator, model: torch.nn.Module, eval_fn: EvalFn 
         inner = accelerator.unwrap_model(model)
         inner.eval()
         with torch.no_grad():
-            metrics = {f"val_{k}": v for k, v in eval_fn(inner, step, history).items()}
+            metrics = evaluation_record(eval_fn(inner, step, history))
         inner.train()
         accelerator.log(metrics, step=step)
         logger.info(f"step {step}: " + ", ".join(f"{k}={_short(v)}" for k, v in metrics.items()),
                     main_process_only=True)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def evaluation_record(metrics: dict[str, float]) -> dict[str, float]:
+    """An evaluation's ``metrics`` under the names the loop records them in ``history`` (``val_<name>``)."""
+    return {f"val_{k}": v for k, v in metrics.items()}
+
+
+def with_evaluation(history: list[dict], metrics: dict[str, float]) -> list[dict]:
+    """``history`` with the evaluation now running merged into its last entry (the loop records it only once
+    ``eval_fn`` returns): what a curve drawn during that evaluation must show, the current point included."""
+    if not history:
+        return []
+    return [*history[:-1], {**history[-1], **evaluation_record(metrics)}]
 
 
 def _short(value: float) -> str:

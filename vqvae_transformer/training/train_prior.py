@@ -40,7 +40,7 @@ from ..models.fingerprint import stage1_fingerprint, write_fingerprint
 from ..models.pipeline import VQVAETransformerPipeline
 from ..models.prior import build_prior, build_prior_config, make_prior_batch, vocabulary_from_config
 from ..models.reconstruction import encode_tokens
-from .loop import LoopConfig, make_accelerator, run_finished, run_training
+from .loop import LoopConfig, make_accelerator, run_finished, run_training, with_evaluation
 from .presets import small_data_prior_settings
 from .train_vqvae import save_pretrained_atomic
 
@@ -212,8 +212,9 @@ def make_prior_eval(first_stage, val_tokens: torch.Tensor, val_labels: torch.Ten
                       generator=torch.Generator().manual_seed(seed)).images  # (U*S, C, R, R) in [0, 1], user-major
         save_labelled_grid(images, [f"ID_{u}" for u in shown], SAMPLES_PER_USER,
                            figures / "prior_samples.png", title=f"prior samples at step {step}")
-        save_curves(history, ["loss", "val_loss"], figures / "prior_curves.png")
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "user_token_gain": gain}
+        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "user_token_gain": gain}
+        save_curves(with_evaluation(history, metrics), ["loss", "val_loss"], figures / "prior_curves.png")
+        return metrics
 
     return evaluate
 

@@ -35,7 +35,7 @@ from ..models.first_stage import build_first_stage
 from ..perceptual import LPIPSUnavailableError, load_pretrained_lpips, lpips_status
 from ..models.reconstruction import code_counts, encode_tokens, reconstruct, tokenizer_metrics
 from .adversarial import AdversarialTerm, decoder_last_layer
-from .loop import LoopConfig, make_accelerator, run_finished, run_training
+from .loop import LoopConfig, make_accelerator, run_finished, run_training, with_evaluation
 
 logger = get_logger(__name__)
 
@@ -143,10 +143,11 @@ def make_vqvae_eval(val_images: torch.Tensor, output_dir: Path, batch_size: int)
                                  title=f"step {step}: top original, bottom reconstruction "
                                        f"(val PSNR {metrics['psnr']:.1f} dB)")
         save_usage_histogram(counts, figures / "vqvae_codebook_usage.png")
-        save_curves(history, ["loss", "psnr", "usage", "val_psnr", "val_codebook_usage"],
-                    figures / "vqvae_curves.png")
         keep = ("psnr", "ssim", "codebook_usage", "codebook_perplexity", "normalized_entropy", "top_code_share")
-        return {k: metrics[k] for k in keep}
+        kept = {k: metrics[k] for k in keep}
+        save_curves(with_evaluation(history, kept), ["loss", "psnr", "usage", "val_psnr", "val_codebook_usage"],
+                    figures / "vqvae_curves.png")
+        return kept
 
     return evaluate
 
