@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -225,11 +226,7 @@ def test_strength_needs_the_models_data_record(model_dir, tmp_path, capsys):  # 
 
 def test_strength_names_the_recorded_data_folder_when_it_has_moved(model_dir, tmp_path, capsys):  # noqa: F811
     """A model folder whose training images moved away: one line naming the recorded folder and the flag."""
-    copy = tmp_path / "copy"
-    for file in model_dir.rglob("*"):
-        if file.is_file():
-            (copy / file.relative_to(model_dir)).parent.mkdir(parents=True, exist_ok=True)
-            (copy / file.relative_to(model_dir)).write_bytes(file.read_bytes())
+    copy = Path(shutil.copytree(model_dir, tmp_path / "copy"))
     info = json.loads((copy / "data_info.json").read_text())
     gone = tmp_path / "moved_away"
     info["data_dir"] = str(gone)
