@@ -35,7 +35,7 @@ import time
 import torch
 from transformers import GPT2Config
 
-from benchmarks.common import parse_with_quick, quick_help
+from benchmarks.common import add_step_timing_args, parse_with_quick
 from vqvae_transformer.models.prior import build_prior, build_prior_config, vocabulary_from_config
 from vqvae_transformer.training.loop import build_optimizer, cpu_has_native_bf16
 from vqvae_transformer.training.presets import CPU_PRESET, small_data_rule
@@ -50,13 +50,8 @@ QUICK = {"rounds": 1, "steps": 2, "warmup": 1, "tiny": True}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating fp32/bf16 rounds per stage")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each round")
     parser.add_argument("--channels", type=int, default=3, help="image channels (3: colour data such as jet images)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models (smoke test)")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    parser.add_argument("--quick", action="store_true", help=quick_help(QUICK))
+    add_step_timing_args(parser, QUICK, "alternating fp32/bf16 rounds per stage")
     return parser
 
 

@@ -41,6 +41,16 @@ def parse_with_quick(parser: argparse.ArgumentParser, argv: list[str] | None, qu
     return args
 
 
+def add_step_timing_args(parser: argparse.ArgumentParser, quick: dict, rounds_help: str) -> None:
+    """The flags of the step-time benchmarks: alternating rounds of timed steps, tiny models, JSON and --quick."""
+    parser.add_argument("--rounds", type=int, default=5, help=rounds_help)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each round")
+    parser.add_argument("--tiny", action="store_true", help="tiny models (smoke test)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--quick", action="store_true", help=quick_help(quick))
+
+
 def quick_help(quick: dict) -> str:
     """``--quick``'s help: the settings it uses."""
     settings = " ".join(f"--{key} {' '.join(map(str, v)) if isinstance(v, list) else repr(v) if isinstance(v, str) else v}"

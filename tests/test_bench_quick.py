@@ -1,4 +1,4 @@
-"""The first-stage, generator, README-commands and CPU-precision benchmarks end to end with ``--quick`` (the real
+"""The first-stage, generator, README-commands, CPU-precision and prior-heads benchmarks end to end with ``--quick`` (the real
 CLIs, 3 tiny users; tiny models for the precision one): every row of the table is printed and the JSON holds a
 figure in every column that applies."""
 
@@ -77,6 +77,15 @@ def test_bench_cpu_precision_quick(tmp_path):
         assert row["fp32"] > 0 and row["bf16"] > 0 and abs(row["speedup"] - row["fp32"] / row["bf16"]) < 1e-9
         assert row["before"] > 0 and abs(row["changes_speedup"] - row["before"] / row["fp32"]) < 1e-9
         assert f"| {stage} | {row['before']:.3f} | {row['fp32']:.3f} | {row['bf16']:.3f} |" in stdout
+
+
+def test_bench_prior_heads_quick(tmp_path):
+    stdout, record = _run("benchmarks.bench_prior_heads", tmp_path)
+    assert record["heads"] == [2, 1] and set(record["batches"]) == {"2"}
+    row = record["batches"]["2"]
+    assert row["2"]["ratio"] == 1.0 and len(row["1"]["rounds"]) == 1  # --quick: one round; ratios to the first
+    assert row["1"]["seconds"] > 0 and abs(row["1"]["ratio"] - row["2"]["seconds"] / row["1"]["seconds"]) < 1e-9
+    assert f"| 2 | {row['2']['seconds']:.3f} | {row['1']['seconds']:.3f} | {row['1']['ratio']:.2f} |" in stdout
 
 
 def test_readme_commands_variants_name_every_setting_and_refuse_a_bad_top_p():
