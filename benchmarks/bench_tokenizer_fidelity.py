@@ -4,9 +4,10 @@ The default data's FID threshold is limited by stage 1 as much as by the prior: 
 real images than the tokenizer's reconstruction of them. This benchmark scores the stage 1 of existing model folders
 (``train_main.py`` output; ``--skip_prior`` runs are enough) without training anything but the judge: each folder's
 first stage reconstructs its own validation split (the saved split, never its training images), and the
-reconstructions (through the tokens) are scored as ``validate_main.py`` scores its tokenizer — PSNR, the
-judge's accuracy on them, their domain FID against the real validation images and the floor
-(``domain_fid_real``: two user-stratified halves of the real validation images), the judge being validation's own
+reconstructions (through the tokens) are scored as ``validate_main.py`` scores its tokenizer — PSNR, the judge's
+accuracy on them, their domain FID against the real validation images and the floor (``domain_fid_real``: two user-
+stratified halves of the real validation images, drawn with seed 0 — ``validate_main.py``'s default — for every
+judge, so that only the judge changes between its rows), the judge being validation's own
 (:func:`~vqvae_transformer.validation.scores.train_or_load_judge`, trained on the folder's training split). With
 ``--judge_seeds`` several judges score the same reconstructions, which separates the judge's spread from the
 tokenizer's; with ``--checkpoints`` every stage-1 checkpoint the folder kept is scored too (how the end of training
