@@ -1,6 +1,6 @@
-"""The first-stage, generator, README-commands, CPU-precision and prior-heads benchmarks end to end with ``--quick`` (the real
-CLIs, 3 tiny users; tiny models for the precision one): every row of the table is printed and the JSON holds a
-figure in every column that applies."""
+"""The first-stage, generator, README-commands, CPU-precision and prior-heads benchmarks end to end with ``--quick``
+(the real CLIs, 3 tiny users; tiny models for the precision and heads ones): every row of the table is printed and the
+JSON holds a figure in every column that applies."""
 
 from __future__ import annotations
 
