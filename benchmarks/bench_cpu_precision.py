@@ -36,6 +36,7 @@ import torch
 from transformers import GPT2Config
 
 from benchmarks.common import add_step_timing_args, parse_with_quick
+from vqvae_transformer.models.first_stage import downsample_factor
 from vqvae_transformer.models.prior import build_prior, build_prior_config, vocabulary_from_config
 from vqvae_transformer.training.loop import build_optimizer, cpu_has_native_bf16
 from vqvae_transformer.training.presets import CPU_PRESET, small_data_rule
@@ -76,7 +77,7 @@ def stage_setups(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     vqvae = build_vqvae(vq_args, args.channels, resolution)
     images = torch.rand(batch_vq, args.channels, resolution, resolution) * 2 - 1  # (B, C, R, R) in [-1, 1]
-    grid = (resolution // 2 ** (len(preset["block_out_channels"]) - 1),) * 2
+    grid = (resolution // downsample_factor(preset["block_out_channels"]),) * 2  # (h, w) of the token grid
     dropout = small_data_rule("cpu").get("prior_dropout", preset["prior_dropout"])  # what the prior trains with on small data
     config = build_prior_config(preset["codebook_size"], 31, grid, n_layer=preset["n_layer"], n_embd=preset["n_embd"],
                                 n_head=preset["n_head"], dropout=dropout,

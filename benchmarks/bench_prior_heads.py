@@ -30,6 +30,7 @@ import torch
 
 from benchmarks.bench_cpu_precision import time_steps
 from benchmarks.common import add_step_timing_args, parse_with_quick
+from vqvae_transformer.models.first_stage import downsample_factor
 from vqvae_transformer.models.prior import build_prior, build_prior_config, vocabulary_from_config
 from vqvae_transformer.training.loop import build_optimizer, cpu_has_native_bf16
 from vqvae_transformer.training.presets import CPU_PRESET
@@ -54,7 +55,8 @@ def build_runs(args: argparse.Namespace) -> tuple[dict, tuple[int, int], int]:
     """``({heads: (prior, optimizer, step function)}, token grid, codebook size)`` for the preset's prior (tiny with
     ``--tiny``); every prior starts from the same seed."""
     sizes = {k: CPU_PRESET[k] for k in ("n_layer", "n_embd", "codebook_size")}
-    grid = (16, 16)  # the CPU preset's 64 px -> 16x16 token grid
+    side = CPU_PRESET["resolution"] // downsample_factor(CPU_PRESET["block_out_channels"])
+    grid = (side, side)  # the CPU preset's token grid (h, w)
     if args.tiny:
         sizes, grid = {"n_layer": 1, "n_embd": TINY_WIDTH, "codebook_size": 32}, (4, 4)
     runs = {}
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parse_with_quick(parser, argv, QUICK)
     width = TINY_WIDTH if args.tiny else CPU_PRESET["n_embd"]
+    if len(set(args.heads)) < len(args.heads):
+        parser.error(f"--heads {' '.join(map(str, args.heads))} repeats a value: give each head count once")
     for heads in args.heads:
         if heads < 1 or width % heads:
             parser.error(f"--heads {heads} does not divide the prior's width {width}: choose a divisor of it")

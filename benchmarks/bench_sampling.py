@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from vqvae_transformer.models.first_stage import build_first_stage
+from vqvae_transformer.models.first_stage import build_first_stage, downsample_factor
 from vqvae_transformer.models.pipeline import VQVAETransformerPipeline
 from vqvae_transformer.models.prior import build_prior, build_prior_config
 from vqvae_transformer.training.presets import CPU_PRESET
@@ -24,7 +24,7 @@ from vqvae_transformer.training.presets import CPU_PRESET
 def build_pipeline(grid: int, num_users: int, n_layer: int, n_embd: int, n_head: int) -> VQVAETransformerPipeline:
     preset = CPU_PRESET
     blocks = preset["block_out_channels"]
-    resolution = grid * 2 ** (len(blocks) - 1)
+    resolution = grid * downsample_factor(blocks)
     torch.manual_seed(0)
     vqvae = build_first_stage("vq", block_out_channels=blocks, latent_channels=preset["latent_channels"],
                               num_vq_embeddings=preset["codebook_size"], codebook_dim=preset["codebook_dim"],

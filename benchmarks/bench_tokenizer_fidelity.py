@@ -81,12 +81,10 @@ def score_folder(model_dir: Path, judge_seeds: list[int], checkpoints: bool, jud
     judges = {seed: train_or_load_judge(real, cache / f"judge_{split_tag(real)}_seed{seed}", judge_epochs, seed,
                                         use_cache=True) for seed in judge_seeds}
     model = load_first_stage(model_dir / VQVAE_FOLDER).eval()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}  # the saved model's weights, restored for "final"
     rows = []
     for name, state in stage1_states(model_dir, checkpoints):
-        if state is not None:
-            model.load_state_dict(state)
-        else:
-            model = load_first_stage(model_dir / VQVAE_FOLDER).eval()
+        model.load_state_dict(saved if state is None else state)
         measured, recon = tokenizer_metrics_and_reconstructions(model, images)  # recon: (N, C, R, R), as validation
         psnr = measured["psnr"]
         for seed, judge in judges.items():

@@ -124,3 +124,31 @@ def test_run_script_status_returns_the_exit_code_and_refuses_codes_outside_ok_co
     assert run_script_status(["-c", "pass"], tmp_path / "b.log", 1)[1] == 0
     with pytest.raises(subprocess.CalledProcessError):
         run_script_status(["-c", "import sys; sys.exit(1)"], tmp_path / "c.log", 1)
+
+
+@pytest.mark.parametrize("heads, message", [("5", "--heads 5 does not divide the prior's width 16"),
+                                            ("2 2", "--heads 2 2 repeats a value")])
+def test_bench_prior_heads_refuses_bad_head_counts_in_one_line(heads, message, capsys):
+    from benchmarks.bench_prior_heads import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quick", "--heads", *heads.split()])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_prior_heads_times_the_presets_token_grid():
+    import argparse
+
+    from benchmarks.bench_prior_heads import build_runs
+    from vqvae_transformer.models.first_stage import build_first_stage
+    from vqvae_transformer.training.presets import CPU_PRESET
+
+    runs, grid, codebook_size = build_runs(argparse.Namespace(heads=[CPU_PRESET["n_head"]], tiny=False))
+    first_stage = build_first_stage("vq", block_out_channels=CPU_PRESET["block_out_channels"],
+                                    latent_channels=CPU_PRESET["latent_channels"],
+                                    num_vq_embeddings=CPU_PRESET["codebook_size"],
+                                    codebook_dim=CPU_PRESET["codebook_dim"], sample_size=CPU_PRESET["resolution"])
+    assert grid == first_stage.token_grid(CPU_PRESET["resolution"]) and codebook_size == CPU_PRESET["codebook_size"]
+    prior = runs[CPU_PRESET["n_head"]][0]
+    assert prior.config.n_positions >= grid[0] * grid[1] + 1  # the user token, then one position per code

@@ -73,6 +73,11 @@ def _quantizer_from_config(cfg, channels: int) -> EMAVectorQuantizer:
     )
 
 
+def downsample_factor(block_out_channels) -> int:
+    """Image side over token-grid side for an encoder with these blocks (every block but the last halves the side)."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
 class FirstStageMixin:
     """Token-level API shared by both backbones. Subclasses define ``_latents`` and ``_decode_quantized``."""
 
@@ -80,7 +85,7 @@ class FirstStageMixin:
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.config.block_out_channels) - 1)
+        return downsample_factor(self.config.block_out_channels)
 
     def token_grid(self, resolution: int) -> tuple[int, int]:
         """``(h, w)`` of the token grid for square images of side ``resolution``."""
