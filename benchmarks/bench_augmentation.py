@@ -68,7 +68,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import run_script, work_dir
+from vqvae_transformer.atomic import write_json_atomic
 from vqvae_transformer.data import SpectrogramData, default_dataset_dir, load_image_folder
+from vqvae_transformer.layout import DATA_INFO_FILE
 from vqvae_transformer.models.pipeline import DEFAULT_GUIDANCE_SCALE
 from vqvae_transformer.models.judge import accuracy, predict, train_judge
 
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generators_from", default=None,
                         help="a folder an earlier run kept (--keep_dir): reuse its trained generators instead of "
                              "training them (same data, k, --init_from and seeds; each k-shot folder is checked "
-                             "file by file); sampling and the classifiers run again (default: train them)")
+                             "file by file; the folder may have been moved since); sampling and the classifiers run "
+                             "again (default: train them)")
     parser.add_argument("--keep_dir", action="store_true", help="keep the temporary folders (their path is printed)")
     parser.add_argument("--json", default=None, help="also write the settings and rows to this JSON file")
     return parser
@@ -299,19 +302,25 @@ def few_shot_files(folder: Path) -> set[tuple[str, str]]:
             for path in folder.glob("ID_*/*") if path.is_file()}
 
 
-def reuse_generator(kept_run: Path, expected_data: Path) -> tuple[float, int, dict, Path]:
+def reuse_generator(kept_run: Path, expected_data: Path, into: Path) -> tuple[float, int, dict, Path]:
     """A generator an earlier run trained (``--generators_from``), checked to be trained on the same k-shot files.
+
+    The kept model is copied (without its training checkpoints) to ``into``, and the copy's ``data_info.json`` is
+    pointed at ``expected_data``: variations (``--strength`` < 1) read the generator's training images from the
+    folder that file names, and the earlier run's temporary folder is gone or moved. The kept folder is only read.
 
     Args:
         kept_run: ``<kept folder>/<run name>``, holding ``data/`` and ``model/``.
         expected_data: this run's k-shot folder (just written by :func:`write_few_shot_folder`).
+        into: where the copy goes (must not exist).
 
     Returns:
-        ``(the earlier training's wall seconds, images it trained on, {"vqvae": steps, "prior": steps}, model
-        folder)``, from its ``training_summary.json``.
+        ``(the earlier training's wall seconds, images it trained on, {"vqvae": steps, "prior": steps}, into)``,
+        from its ``training_summary.json``.
 
     Raises:
-        FileNotFoundError: the kept run or its model summary is missing, or its training did not finish.
+        FileNotFoundError: the kept run, its model summary or its ``data_info.json`` is missing, or its training did
+            not finish.
         ValueError: its k-shot files differ from this run's draw (another data folder, k or seed).
     """
     summary_path = kept_run / "model" / "training_summary.json"
@@ -328,8 +337,16 @@ def reuse_generator(kept_run: Path, expected_data: Path) -> tuple[float, int, di
         raise ValueError(f"--generators_from: {kept_run / 'data'} differs from this run's k-shot draw in "
                          f"{len(differ)} files (e.g. {differ[0]}: missing, extra or other bytes): another "
                          f"--data_dir, --test_per_user or draw; train the generators again")
+    info_path = kept_run / "model" / DATA_INFO_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"--generators_from: {info_path} is missing (the kept model was not written by "
+                                f"train_main.py); train the generators again")
+    shutil.copytree(kept_run / "model", into, ignore=shutil.ignore_patterns("checkpoints"))
+    info = json.loads(info_path.read_text())
+    info["data_dir"] = str(expected_data.resolve())  # the same files (checked above), where they are now
+    write_json_atomic(into / DATA_INFO_FILE, info)
     steps = {stage: int(summary[stage]["steps"]) for stage in ("vqvae", "prior")}
-    return float(summary["wall_seconds"]), int(summary["data"]["train_images"]), steps, kept_run / "model"
+    return float(summary["wall_seconds"]), int(summary["data"]["train_images"]), steps, into
 
 
 def generate(args: argparse.Namespace, model_dir: Path, output_dir: Path, seed: int, strength: float = 1.0) -> float:
@@ -459,7 +476,7 @@ def run_one(args: argparse.Namespace, data: SpectrogramData, test_idx: list[int]
     write_few_shot_folder(data, train_idx, data_dir)
     if args.generators_from:
         train_seconds, generator_images, generator_steps, model_dir = reuse_generator(
-            Path(args.generators_from) / run_dir.name, data_dir)
+            Path(args.generators_from) / run_dir.name, data_dir, model_dir)
         print(f"{tag}: reusing the generator in {model_dir} (trained on the same {len(train_idx)} images)",
               flush=True)
     else:

@@ -6,6 +6,7 @@ CLIs) is not run here."""
 
 import argparse
 import inspect
+import json
 
 import pytest
 import torch
@@ -183,20 +184,28 @@ def test_generators_from_reuses_a_kept_generator_only_for_the_same_k_shot_files(
     (kept_run / "model").mkdir()
     (kept_run / "model" / "training_summary.json").write_text(
         '{"wall_seconds": 1234.5, "data": {"train_images": 10}, "vqvae": {"steps": 2800}, "prior": {"steps": 2200}}')
-    seconds, images, steps, model = B.reuse_generator(kept_run, draw)
-    assert (seconds, images, steps, model) == (1234.5, 10, {"vqvae": 2800, "prior": 2200}, kept_run / "model")
+    with pytest.raises(FileNotFoundError, match="data_info.json is missing"):
+        B.reuse_generator(kept_run, draw, tmp_path / "copy0")
+    gone = str(tmp_path / "moved_away" / "data")  # the earlier run's temporary k-shot folder, now gone
+    (kept_run / "model" / "data_info.json").write_text(json.dumps({"data_dir": gone, "resolution": 64}))
+    (kept_run / "model" / "checkpoints" / "prior").mkdir(parents=True)
+    seconds, images, steps, model = B.reuse_generator(kept_run, draw, tmp_path / "copy")
+    assert (seconds, images, steps, model) == (1234.5, 10, {"vqvae": 2800, "prior": 2200}, tmp_path / "copy")
+    assert json.loads((model / "data_info.json").read_text()) == {"data_dir": str(draw.resolve()), "resolution": 64}
+    assert (model / "training_summary.json").is_file() and not (model / "checkpoints").exists()
+    assert json.loads((kept_run / "model" / "data_info.json").read_text())["data_dir"] == gone  # only read
 
     (draw / "ID_1" / "a.png").write_bytes(b"y")  # same name, other image (another data folder)
     with pytest.raises(ValueError, match="differs from this run's k-shot draw in 1 files .*ID_1/a.png"):
-        B.reuse_generator(kept_run, draw)
+        B.reuse_generator(kept_run, draw, tmp_path / "copy2")
     (draw / "ID_1" / "a.png").write_bytes(b"x")
     (draw / "ID_2" / "c.png").write_bytes(b"x")  # another draw: one file more
     with pytest.raises(ValueError, match="differs from this run's k-shot draw in 1 files .*ID_2/c.png"):
-        B.reuse_generator(kept_run, draw)
+        B.reuse_generator(kept_run, draw, tmp_path / "copy2")
     (kept_run / "model" / "training_summary.json").write_text('{"data": {"train_images": 10}, "vqvae": {"steps": 9}}')
     with pytest.raises(FileNotFoundError, match="did not finish training"):  # stopped after stage 1
-        B.reuse_generator(kept_run, draw)
+        B.reuse_generator(kept_run, draw, tmp_path / "copy2")
     with pytest.raises(FileNotFoundError, match="no trained generator"):
-        B.reuse_generator(tmp_path / "kept" / "k5_init0_seed2", draw)
+        B.reuse_generator(tmp_path / "kept" / "k5_init0_seed2", draw, tmp_path / "copy3")
     with pytest.raises(ValueError, match="--generators_from .*no such folder"):
         B.validate_args(B.build_parser().parse_args(["--generators_from", str(tmp_path / "nowhere")]))
