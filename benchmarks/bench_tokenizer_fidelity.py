@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -56,14 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def stage1_states(model_dir: Path, checkpoints: bool) -> list[tuple[str, dict | None]]:
-    """``[(name, state dict or None for the saved model)]``: the kept checkpoints in step order, then the model."""
-    states: list[tuple[str, dict | None]] = []
+def stage1_states(model_dir: Path, checkpoints: bool) -> Iterator[tuple[str, dict | None]]:
+    """``(name, state dict or None for the saved model)``: the kept checkpoints in step order, then the model.
+
+    Each checkpoint's weights are read when its turn comes, so only one is held at a time."""
     if checkpoints:
         found = sorted((model_dir / "checkpoints" / VQVAE_FOLDER).glob("checkpoint-*"),
                        key=lambda p: int(p.name.rsplit("-", 1)[1]))
-        states += [(path.name, load_file(path / "model.safetensors")) for path in found]
-    return states + [("final", None)]
+        for path in found:
+            yield path.name, load_file(path / "model.safetensors")
+    yield "final", None
 
 
 def split_tag(real: RealData) -> str:
@@ -80,6 +83,9 @@ def score_folder(model_dir: Path, judge_seeds: list[int], checkpoints: bool, jud
     images, labels = data.images[val_idx], data.labels[val_idx]  # (N, C, R, R) in [-1, 1], (N,)
     judges = {seed: train_or_load_judge(real, cache / f"judge_{split_tag(real)}_seed{seed}", judge_epochs, seed,
                                         use_cache=True) for seed in judge_seeds}
+    # What depends on the judge alone, once per judge: its accuracy on the real images and the real-vs-real floor.
+    on_real = {seed: accuracy(predict(judge, images), labels) for seed, judge in judges.items()}
+    floors = {seed: M.domain_fid_real(judge, images, labels, seed=0) for seed, judge in judges.items()}
     model = load_first_stage(model_dir / VQVAE_FOLDER).eval()
     saved = {k: v.clone() for k, v in model.state_dict().items()}  # the saved model's weights, restored for "final"
     rows = []
@@ -88,9 +94,9 @@ def score_folder(model_dir: Path, judge_seeds: list[int], checkpoints: bool, jud
         measured, recon = tokenizer_metrics_and_reconstructions(model, images)  # recon: (N, C, R, R), as validation
         psnr = measured["psnr"]
         for seed, judge in judges.items():
-            fid, floor = M.domain_fid(judge, images, recon), M.domain_fid_real(judge, images, labels, seed=0)
+            fid, floor = M.domain_fid(judge, images, recon), floors[seed]
             rows.append({"model": str(model_dir), "state": name, "judge_seed": seed, "PSNR dB": psnr,
-                         "judge on real": accuracy(predict(judge, images), labels),
+                         "judge on real": on_real[seed],
                          "judge on recon": accuracy(predict(judge, recon), labels),
                          "recon FID": fid, "floor": floor, "ratio": fid / floor})
     return rows

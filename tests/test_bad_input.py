@@ -441,8 +441,11 @@ def test_ctrl_c_while_the_libraries_load_prints_one_line(script):
     import time
     from pathlib import Path
 
+    # A test process started in the background by a non-interactive shell inherits SIGINT as ignored, and so would
+    # the child (Python then installs no handler): give the child the default disposition, as a terminal would.
     proc = subprocess.Popen([sys.executable, *script.split(), "--help"], cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

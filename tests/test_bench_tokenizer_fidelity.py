@@ -37,6 +37,9 @@ def test_scores_every_kept_checkpoint_and_the_saved_model_with_each_judge(tmp_pa
     for seed in (0, 1):
         last, final = by[("checkpoint-4", seed)], by[("final", seed)]
         assert all(math.isclose(last[k], final[k], rel_tol=1e-6) for k in ("PSNR dB", "recon FID", "ratio"))
+        # The floor and the judge on real images depend on the judge alone: one value per judge.
+        assert len({by[(state, seed)]["floor"] for state in states}) == 1
+        assert len({by[(state, seed)]["judge on real"] for state in states}) == 1
     for r in rows:
         assert 0 <= r["judge on recon"] <= 1 and 0 <= r["judge on real"] <= 1 and r["PSNR dB"] > 0
         assert r["floor"] > 0 and math.isclose(r["ratio"], r["recon FID"] / r["floor"])
