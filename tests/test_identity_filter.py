@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from vqvae_transformer.inference.attribution import candidates_per_user
-from vqvae_transformer.inference.identity_filter import select_attributed
-from vqvae_transformer.models.prior import (build_prior, build_prior_config, make_prior_batch, user_log_likelihoods,
-                                            user_posterior, user_vs_null_log_ratio, vocabulary_from_config)
+from vqvae_transformer.inference.identity_filter import prior_scores, select_attributed, top_per_user
+from vqvae_transformer.models.prior import (build_prior, build_prior_config, make_prior_batch,
+                                            user_and_null_log_likelihoods, user_log_likelihoods, user_posterior,
+                                            user_vs_null_log_ratio, vocabulary_from_config)
 
 K, GRID = 8, (2, 3)
 
@@ -73,6 +74,34 @@ def test_filter_keeps_only_samples_attributed_to_the_intended_user():
     assert all(r.kept == 3 and r.kept_min_posterior > 0.5 for r in reports)
     with pytest.raises(ValueError, match="fewer than num_keep"):
         select_attributed(prior, tokens[:4], labels[:4], num_keep=5, user_ids=[4, 9, 11])
+
+
+def test_prior_scores_agree_with_the_likelihoods_whichever_rankings_are_asked():
+    prior = _user_specific_prior(steps=5)
+    tokens = torch.randint(0, K, (5, *GRID), generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([2, 0, 1, 1, 0])
+    every = user_log_likelihoods(prior, tokens, batch_size=4)  # (5, N+1), null last
+    own = every[torch.arange(5), labels]
+    two = user_and_null_log_likelihoods(prior, tokens, labels, batch_size=3)  # (5, 2)
+    assert torch.allclose(two, torch.stack([own, every[:, -1]], dim=1), atol=1e-4)
+    full = prior_scores(prior, tokens, labels, ["posterior", "ratio", "likelihood"], batch_size=4)
+    cheap = prior_scores(prior, tokens, labels, ["likelihood", "ratio"], batch_size=4)  # 2 passes, no posterior
+    assert list(full) == ["posterior", "ratio", "likelihood"] and list(cheap) == ["likelihood", "ratio"]
+    assert torch.allclose(full["posterior"], user_posterior(every)[torch.arange(5), labels])
+    for name, expected in (("ratio", own - every[:, -1]), ("likelihood", own)):
+        assert torch.allclose(full[name], expected, atol=1e-4) and torch.allclose(cheap[name], expected, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown ranking"):
+        prior_scores(prior, tokens, labels, ["loss"])
+
+
+def test_top_per_user_keeps_each_users_best_in_order_and_ties_in_drawing_order():
+    scores = torch.tensor([0.1, 0.9, 0.5, 3.0, 2.0, 2.0, 1.0])
+    labels = torch.tensor([1, 1, 1, 0, 0, 0, 0])
+    chosen = top_per_user(scores, labels, num_keep=2)
+    assert [label for label, _ in chosen] == [1, 0]  # first-appearance order
+    assert chosen[0][1].tolist() == [1, 2] and chosen[1][1].tolist() == [3, 4]  # the tie 2.0 / 2.0 keeps index 4
+    with pytest.raises(ValueError, match="fewer than num_keep"):
+        top_per_user(scores, labels, num_keep=4)
 
 
 def test_candidates_per_user():

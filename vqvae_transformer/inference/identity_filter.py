@@ -12,6 +12,10 @@ the training split only.
 
 Per user the report gives the candidates drawn, the share the prior attributes to the intended user (its
 arg-max; the *acceptance rate*), and the posterior of the kept samples.
+
+:func:`prior_scores` also ranks by two cheaper scores (2 passes per grid): the user-vs-null log-likelihood ratio
+and the likelihood under the user; :func:`top_per_user` keeps the best of any score. Neither was a lever either
+(``benchmarks/bench_identity_filter.py --rank``; docs/DESIGN.md §7).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..models.prior import user_log_likelihoods, user_posterior
+from ..models.prior import user_and_null_log_likelihoods, user_log_likelihoods, user_posterior
+
+RANKINGS = ("posterior", "ratio", "likelihood")
+"""How candidates can be ranked by the prior's own scores (see :func:`prior_scores`)."""
 
 
 @dataclass(frozen=True)
@@ -66,13 +73,66 @@ def select_attributed(prior, tokens: torch.Tensor, labels: torch.Tensor, num_kee
     own = posterior[torch.arange(len(labels)), labels]  # (M,)
     attributed = posterior.argmax(dim=1) == labels  # (M,)
     keep, reports = [], []
-    for label in dict.fromkeys(labels.tolist()):  # users in first-appearance order
+    for label, best in top_per_user(own, labels, num_keep):
         idx = (labels == label).nonzero().squeeze(1)
-        if len(idx) < num_keep:
-            raise ValueError(f"user label {label} has {len(idx)} candidates, fewer than num_keep={num_keep}")
-        best = idx[own[idx].argsort(descending=True, stable=True)[:num_keep]]
         keep.append(best)
         reports.append(UserFilterReport(
             user_id=int(user_ids[label]), candidates=int(len(idx)), attributed=int(attributed[idx].sum()),
             kept=int(num_keep), kept_mean_posterior=float(own[best].mean()), kept_min_posterior=float(own[best].min())))
     return torch.cat(keep), reports
+
+
+def top_per_user(scores: torch.Tensor, labels: torch.Tensor, num_keep: int) -> list[tuple[int, torch.Tensor]]:
+    """Per user, the indices of its ``num_keep`` highest-scoring candidates.
+
+    Args:
+        scores: ``(M,)``, higher is better; labels: ``(M,)`` 0-based intended users.
+
+    Returns:
+        ``[(label, indices)]``: users in the order they first appear in ``labels``, indices into ``scores`` best
+        first (ties keep the drawing order).
+
+    Raises:
+        ValueError: a user has fewer than ``num_keep`` candidates.
+    """
+    labels = labels.cpu()
+    chosen = []
+    for label in dict.fromkeys(labels.tolist()):  # users in first-appearance order
+        idx = (labels == label).nonzero().squeeze(1)
+        if len(idx) < num_keep:
+            raise ValueError(f"user label {label} has {len(idx)} candidates, fewer than num_keep={num_keep}")
+        chosen.append((label, idx[scores.cpu()[idx].argsort(descending=True, stable=True)[:num_keep]]))
+    return chosen
+
+
+@torch.no_grad()
+def prior_scores(prior, tokens: torch.Tensor, labels: torch.Tensor, rankings: tuple[str, ...] | list[str],
+                 batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Each candidate's score under the prior, for every ranking asked (higher: more of its intended user).
+
+    - ``posterior``: ``p(intended user | grid)`` among all users (``N + 1`` prior passes per grid);
+    - ``ratio``: ``log p(grid | user) - log p(grid | null user)``, how much the user token explains the grid;
+    - ``likelihood``: ``log p(grid | user)``, the most typical grids of the user.
+
+    ``ratio`` and ``likelihood`` alone take 2 passes per grid; with ``posterior`` they reuse its passes.
+
+    Args:
+        tokens: ``(M, h, w)`` candidate grids; labels: ``(M,)`` 0-based intended users.
+
+    Returns:
+        ``{ranking: (M,) float32 on the CPU}`` in the order asked.
+    """
+    unknown = [r for r in rankings if r not in RANKINGS]
+    if unknown:
+        raise ValueError(f"unknown ranking(s) {unknown}; choose from {list(RANKINGS)}")
+    labels = labels.cpu()
+    rows = torch.arange(len(labels))
+    if "posterior" in rankings:
+        every = user_log_likelihoods(prior, tokens, batch_size=batch_size)  # (M, N + 1), null last
+        user, null = every[rows, labels], every[:, -1]
+        posterior = user_posterior(every)[rows, labels]  # (M,)
+    else:
+        both = user_and_null_log_likelihoods(prior, tokens, labels, batch_size)  # (M, 2)
+        user, null, posterior = both[:, 0], both[:, 1], None
+    computed = {"posterior": posterior, "ratio": user - null, "likelihood": user}
+    return {r: computed[r] for r in rankings}

@@ -46,6 +46,7 @@ __all__ = [
     "make_prior_batch",
     "prior_loss",
     "sample_tokens",
+    "user_and_null_log_likelihoods",
     "user_log_likelihoods",
     "user_posterior",
     "user_vs_null_log_ratio",
@@ -650,6 +651,27 @@ def user_log_likelihoods(
     return _code_log_likelihoods(prior, pair_codes, pair_prompts, batch_size).view(codes.shape[0], len(prompts))
 
 
+def user_and_null_log_likelihoods(prior: GPT2LMHeadModel, tokens: torch.Tensor, labels: torch.Tensor,
+                                  batch_size: int = 256) -> torch.Tensor:
+    """``log p(grid | intended user)`` and ``log p(grid | null user)`` per grid: 2 prior passes per grid.
+
+    The two columns of :func:`user_log_likelihoods` that concern a grid's own user, without the ``N - 1`` others.
+
+    Args:
+        tokens: ``(B, h, w)`` row-major code grids; labels: ``(B,)`` 0-based users.
+
+    Returns:
+        ``(B, 2)`` float32 on the CPU, in nats (summed over the codes): column 0 the user, column 1 the null user.
+    """
+    vocab = vocabulary_from_config(prior.config)
+    device = prior.device
+    codes = grid_to_sequence(tokens, vocab.token_order).long().to(device)  # (B, T)
+    user = vocab.user_token(labels.to(device))  # (B,)
+    null = torch.full_like(user, vocab.null_token)
+    both = _code_log_likelihoods(prior, torch.cat([codes, codes]), torch.cat([user, null]), batch_size)  # (2B,)
+    return torch.stack([both[: len(user)], both[len(user):]], dim=1)  # (B, 2)
+
+
 def user_vs_null_log_ratio(prior: GPT2LMHeadModel, tokens: torch.Tensor, labels: torch.Tensor,
                            batch_size: int = 256) -> torch.Tensor:
     """``log p(grid | user) - log p(grid | null user)`` per grid: how much the user token explains the grid.
@@ -660,13 +682,8 @@ def user_vs_null_log_ratio(prior: GPT2LMHeadModel, tokens: torch.Tensor, labels:
     Returns:
         ``(B,)`` float32 on the CPU, in nats (summed over the codes).
     """
-    vocab = vocabulary_from_config(prior.config)
-    device = prior.device
-    codes = grid_to_sequence(tokens, vocab.token_order).long().to(device)  # (B, T)
-    user = vocab.user_token(labels.to(device))  # (B,)
-    null = torch.full_like(user, vocab.null_token)
-    both = _code_log_likelihoods(prior, torch.cat([codes, codes]), torch.cat([user, null]), batch_size)  # (2B,)
-    return both[: len(user)] - both[len(user):]
+    both = user_and_null_log_likelihoods(prior, tokens, labels, batch_size)  # (B, 2)
+    return both[:, 0] - both[:, 1]
 
 
 def user_posterior(log_likelihoods: torch.Tensor) -> torch.Tensor:
