@@ -128,6 +128,10 @@ def test_the_first_settings_line_marks_prior_steps_the_preset_filled():
     assert "adapts them to small data" in line and line.endswith("device cpu")
     given = argparse.Namespace(**{**vars(args), "preset_filled": ["vqvae_steps"]})
     assert settings_line(given, "cpu", "cpu").endswith("prior 4x192 1300 steps, device cpu")  # a flag: final
+    reused = argparse.Namespace(**{**vars(args), "skip_vqvae": True})
+    assert "stage 1 reused (--skip_vqvae), prior 4x192 1300 steps" in settings_line(reused, "cpu", "cpu")
+    alone = argparse.Namespace(**{**vars(args), "skip_prior": True})
+    assert "stage 1 2800 steps, prior skipped (--skip_prior), device cpu" in settings_line(alone, "cpu", "cpu")
 
 
 def test_the_real_cpu_small_data_rule_trains_smaller_steps_on_about_the_same_sequences():

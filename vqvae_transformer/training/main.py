@@ -288,11 +288,15 @@ def train(args: argparse.Namespace) -> dict:
 
 def settings_line(args: argparse.Namespace, preset: str, device: str) -> str:
     """The run's first settings line. Prior steps the preset filled are marked as such: on small data stage 2
-    replaces them (``presets.small_data_rule``) and its own first line says so."""
+    replaces them (``presets.small_data_rule``) and its own first line says so. A stage that ``--skip_vqvae`` /
+    ``--skip_prior`` leaves alone is named as reused / skipped, not with the preset's steps it will not train."""
     adapts = " (the preset's: stage 2 adapts them to small data and says so)" if "prior_steps" in getattr(
         args, "preset_filled", ()) else ""
-    return (f"preset {preset}: {args.resolution} px, K={args.codebook_size}, stage 1 {args.vqvae_steps} steps, "
-            f"prior {args.n_layer}x{args.n_embd} {args.prior_steps} steps{adapts}, device {device}")
+    stage1 = "stage 1 reused (--skip_vqvae)" if getattr(args, "skip_vqvae", False) else \
+        f"stage 1 {args.vqvae_steps} steps"
+    prior = "prior skipped (--skip_prior)" if getattr(args, "skip_prior", False) else \
+        f"prior {args.n_layer}x{args.n_embd} {args.prior_steps} steps{adapts}"
+    return f"preset {preset}: {args.resolution} px, K={args.codebook_size}, {stage1}, {prior}, device {device}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
