@@ -76,18 +76,18 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict]]:
     labels = torch.arange(len(pipe.user_ids)).repeat_interleave(per_user)
     sampled = time.perf_counter() - start
     first = torch.cat([(labels == u).nonzero().squeeze(1)[:args.samples_per_user] for u in range(len(pipe.user_ids))])
-    folders = {"no filter": first}
+    ranked = {}
     if "posterior" in args.rank:
-        folders["posterior"], reports = select_attributed(pipe.prior, tokens, labels, args.samples_per_user,
-                                                          pipe.user_ids)
+        ranked["posterior"], reports = select_attributed(pipe.prior, tokens, labels, args.samples_per_user,
+                                                         pipe.user_ids)
         rate = sum(r.attributed for r in reports) / sum(r.candidates for r in reports)
         print(f"the prior attributes {rate:.3f} of its samples to the intended user (lowest user: "
               f"{min(r.acceptance_rate for r in reports):.2f})")
     cheap = [r for r in args.rank if r != "posterior"]
     if cheap:
         for name, scores in prior_scores(pipe.prior, tokens, labels, cheap).items():
-            folders[name] = torch.cat([best for _, best in top_per_user(scores, labels, args.samples_per_user)])
-    folders = {"no filter": first, **{r: folders[r] for r in args.rank}}  # the order asked
+            ranked[name] = torch.cat([best for _, best in top_per_user(scores, labels, args.samples_per_user)])
+    folders = {"no filter": first, **{r: ranked[r] for r in args.rank}}  # the order asked
     scored = time.perf_counter() - start - sampled
     print(f"{len(tokens)} candidates sampled in {sampled:.0f} s, scored in {scored:.0f} s")
     rows = []
