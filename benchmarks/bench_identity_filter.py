@@ -12,7 +12,8 @@ shipped sampling defaults), score every candidate with the prior (``--rank``, on
 and write one folder of ``--samples_per_user`` images per user for the first candidates drawn (no ranking) and one
 per ranking (the best-ranked). Each is scored by the real ``validate_main.py`` (the same judge: it is trained on the
 model's training split once and reused). Prints the prior's own attribution rate (with ``posterior``) and, per
-folder, gan-test, CAS, domain-FID ratio and diversity.
+folder, gan-test and CAS (accuracies and their ratios to the judge's accuracy on real images), the domain-FID ratio
+and diversity.
 
     python -m benchmarks.bench_identity_filter --model_dir outputs/vqvae_transformer
     python -m benchmarks.bench_identity_filter --model_dir M --oversample 3 --rank ratio likelihood
@@ -108,9 +109,11 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict]]:
     def cell(value, width: int, digits: int) -> str:  # a metric validate_main skipped (too few images) is None
         return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
-    print(f"{'images':<12}{'gan-test':>10}{'CAS':>8}{'FID ratio':>11}{'diversity':>11}")
+    print(f"real images: the judge's accuracy {cell(rows[0][1]['real_test_accuracy'], 0, 3)} (the ratios' denominator)")
+    print(f"{'images':<12}{'gan-test':>10}{'ratio':>7}{'CAS':>8}{'ratio':>7}{'FID ratio':>11}{'diversity':>11}")
     for name, m in rows:
-        print(f"{name:<12}{cell(m['gan_test_accuracy'], 10, 3)}{cell(m['cas_accuracy'], 8, 3)}"
+        print(f"{name:<12}{cell(m['gan_test_accuracy'], 10, 3)}{cell(m['gan_test_ratio'], 7, 3)}"
+              f"{cell(m['cas_accuracy'], 8, 3)}{cell(m['cas_ratio'], 7, 3)}"
               f"{cell(m['fid_ratio'], 11, 2)}{cell(m['diversity_ratio'], 11, 2)}")
     return rows
 

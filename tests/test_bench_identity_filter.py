@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--num_users", "3", "--simulated_per_user", "8", "--resolution", "32", "--block_out_channels", "8", "8", "16",
         "--latent_channels", "8", "--codebook_size", "32", "--codebook_dim", "4", "--batch_size", "8", "--lpips", "off",
@@ -29,8 +31,15 @@ def test_one_folder_per_ranking_scored_by_one_judge(tmp_path):
     _run("train_main.py", *TINY, "--output_dir", str(model), tmp=tmp_path)
     done = _run("-m", "benchmarks.bench_identity_filter", "--model_dir", str(model), "--samples_per_user", "2",
                 "--oversample", "2", "--rank", "ratio", "likelihood", "--keep_dir", "--threads", "1", tmp=tmp_path)
-    table = done.stdout[done.stdout.index("images"):].splitlines()
-    assert [line.split()[0] for line in table[1:]] == ["no", "ratio", "likelihood"]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("images "))
+    table = lines[header + 1:header + 4]
+    assert [line.split()[0] for line in table] == ["no", "ratio", "likelihood"]
+    real = float(next(line for line in lines if line.startswith("real images:")).split()[5])
+    for line in table:  # gan-test, its ratio, CAS, its ratio, FID ratio, diversity: all measured
+        values = [float(v) for v in line.split()[-6:]]
+        assert values[1] == pytest.approx(values[0] / real, abs=2e-3)
+        assert values[3] == pytest.approx(values[2] / real, abs=2e-3)
     assert "attributes" not in done.stdout  # the posterior's N + 1 passes were not asked for
     work = Path(next(line.split()[-1] for line in done.stdout.splitlines() if "kept in" in line))
     assert work.parent == tmp_path
